@@ -1,0 +1,123 @@
+# The chatbot mesh. `make help` lists the targets.
+#
+# Two Python environments: .venv (Python 3.11) for the gateway, dialogue and
+# chatlog services and the tools; the NLU service's own (pyenv's Python 3.10,
+# Rasa 3.6) in the shared cache, keyed by its requirements so every checkout
+# reuses it. Generated stubs go to build/gen/py and build/gen/nlu, one set per
+# protobuf runtime.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+CHATBOT_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/chatbot
+export CHATBOT_CACHE
+export RASA_TELEMETRY_ENABLED := false
+
+PY310 ?= $(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -1)
+NLU_REQ := services/nlu/requirements.txt
+NLU_ENV_KEY := $(shell cat $(NLU_REQ) | sha256sum | cut -c1-12)
+NLU_VENV := $(CHATBOT_CACHE)/nlu-venv-$(NLU_ENV_KEY)
+NLU_PY := $(NLU_VENV)/bin/python
+
+PROTOS := $(shell find protos -name '*.proto' | sort)
+GEN_PY := build/gen/py
+GEN_NLU := build/gen/nlu
+PY_PATH := $(CURDIR):$(CURDIR)/$(GEN_PY)
+NLU_PATH := $(CURDIR):$(CURDIR)/$(GEN_NLU)
+
+NLU_PORT ?= 50052
+
+.PHONY: help
+help: ## List the targets.
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# ---- environments ---------------------------------------------------------
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) (Python 3.11) and installing the project's dependencies"
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --progress-bar off -q -e ".[dev]"
+	@touch $@
+
+$(NLU_VENV)/.complete: $(NLU_REQ)
+	@test -n "$(PY310)" || { echo "error: Python 3.10 not found (pyenv install 3.10)"; exit 1; }
+	@echo "==> creating the NLU environment in $(NLU_VENV)"
+	@echo "    (Rasa 3.6 with TensorFlow, about 2.7 GB: several minutes the first time)"
+	@rm -rf $(NLU_VENV)
+	$(PY310) -m venv $(NLU_VENV)
+	$(NLU_PY) -m pip install -q --upgrade pip
+	$(NLU_PY) -m pip install --progress-bar on -r $(NLU_REQ)
+	$(NLU_PY) -m pip check
+	@touch $@
+
+.PHONY: venv nlu-env
+venv: $(VENV)/.installed ## Create the Python 3.11 environment.
+nlu-env: $(NLU_VENV)/.complete ## Create the NLU service's Python 3.10 environment (Rasa).
+
+# ---- contracts ------------------------------------------------------------
+
+$(GEN_PY)/.stamp: $(PROTOS) $(VENV)/.installed
+	@echo "==> generating Python stubs for protobuf 5+ into $(GEN_PY)"
+	@rm -rf $(GEN_PY) && mkdir -p $(GEN_PY)
+	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_PY) --grpc_python_out=$(GEN_PY) \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=$(GEN_PY) \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(GEN_PY) \
+		$(PROTOS)
+	@touch $@
+
+$(GEN_NLU)/.stamp: $(PROTOS) $(NLU_VENV)/.complete
+	@echo "==> generating Python stubs for the NLU environment (protobuf 4.23) into $(GEN_NLU)"
+	@rm -rf $(GEN_NLU) && mkdir -p $(GEN_NLU)
+	$(NLU_PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_NLU) --grpc_python_out=$(GEN_NLU) $(PROTOS)
+	@touch $@
+
+.PHONY: proto
+proto: $(GEN_PY)/.stamp $(GEN_NLU)/.stamp ## Generate the stubs for both environments.
+
+# ---- NLU model ------------------------------------------------------------
+
+.PHONY: train
+train: $(GEN_NLU)/.stamp ## Train the NLU model (cached by content: retrains only on change).
+	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m services.nlu train
+
+# ---- running --------------------------------------------------------------
+
+.PHONY: run-nlu
+run-nlu: train ## Serve the NLU service on NLU_PORT (50052).
+	PYTHONPATH=$(NLU_PATH) NLU_PORT=$(NLU_PORT) $(NLU_PY) -m services.nlu serve
+
+.PHONY: run
+run: run-nlu ## Start the whole stack (the services that exist so far).
+
+# ---- checks ---------------------------------------------------------------
+
+.PHONY: lint
+lint: proto ## Lint the contracts (buf), the code (ruff) and the types (mypy).
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	MYPYPATH=$(GEN_PY) $(VENV)/bin/mypy mesh services tests
+
+.PHONY: breaking
+breaking: $(VENV)/.installed ## Check the contracts against main for breaking changes.
+	@if git rev-parse -q --verify main >/dev/null && git ls-tree -r --name-only main -- protos | grep -q '\.proto$$'; then \
+		echo "==> buf breaking against main"; \
+		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
+	else echo "==> buf breaking skipped: main has no contracts yet"; fi
+
+.PHONY: test
+test: proto train lint breaking ## Install what is missing and run every test.
+	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest
+
+.PHONY: bench-nlu
+bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.
+	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m bench.nlu
+
+.PHONY: clean
+clean: ## Remove generated files (keeps the shared cache).
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

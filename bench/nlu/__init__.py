@@ -1,0 +1,1 @@
+"""Benchmark of the NLU service: gRPC against in-process Rasa."""

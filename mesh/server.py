@@ -1,0 +1,159 @@
+"""The ``grpc.aio`` server every service runs: health, reflection, interceptors
+and a graceful shutdown on SIGTERM.
+
+    server = MeshServer("nlu", host="127.0.0.1", port=50052,
+                        service_names=["chatbot.nlu.v1.NluService"])
+    add_NluServiceServicer_to_server(servicer, server.grpc)
+    await server.start()
+    await server.set_serving(True)
+    await server.wait_for_termination_signal()
+    await server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.logging import get_logger, request_id_var
+from mesh.metrics import GRPC_HANDLED, GRPC_LATENCY
+
+_log = get_logger("mesh.server")
+
+REQUEST_ID_HEADER = "x-request-id"
+_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _split_method(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    """Request ids (from ``x-request-id`` or new), metrics and a log line on failure."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, method = _split_method(details.method)
+        metadata = dict(details.invocation_metadata or ())
+        request_id = str(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        inner: Any = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = request_id_var.set(request_id)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = await inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                if code is grpc.StatusCode.UNKNOWN:
+                    _log.exception("unhandled error", extra={"rpc": details.method})
+                raise
+            finally:
+                if not isinstance(code, grpc.StatusCode):
+                    code = grpc.StatusCode.UNKNOWN
+                GRPC_HANDLED.labels(service, method, code.name).inc()
+                GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class MeshServer:
+    """A ``grpc.aio`` server with health, reflection and the mesh interceptor.
+
+    ``service_names`` are the full names of the services registered on it; they
+    are listed by reflection and reported by the health service, NOT_SERVING
+    until ``set_serving(True)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str,
+        port: int,
+        service_names: Sequence[str],
+        max_message_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.name = name
+        self._address = f"{host}:{port}"
+        self._service_names = list(service_names)
+        self.grpc = grpc.aio.server(
+            interceptors=[MeshInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds, starts, and returns the bound port (useful with port 0)."""
+        reflection.enable_server_reflection(
+            [*self._service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME], self.grpc
+        )
+        self.port = self.grpc.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self._address}")
+        await self.set_serving(False)
+        await self.grpc.start()
+        _log.info("grpc server started", extra={"address": self._address, "port": self.port})
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ["", *self._service_names]:
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Reports NOT_SERVING, lets in-flight RPCs finish within ``grace``, stops."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+        _log.info("grpc server stopped", extra={"port": self.port})
+
+    async def wait_for_termination_signal(self) -> None:
+        """Returns on SIGTERM or SIGINT."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        _log.info("termination signal received: shutting down", extra={"port": self.port})

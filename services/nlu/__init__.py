@@ -1,0 +1,1 @@
+"""The NLU service: intents and entities from text, served over gRPC from a Rasa model."""
