@@ -43,7 +43,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VPY) -m pip install --progress-bar off -q -e ".[dev]"
 	@touch $@
 
-$(NLU_VENV)/.complete: $(NLU_REQ)
+# No file prerequisites: the requirements' hash is in the path, so a fresh
+# checkout (new mtimes) reuses the environment and a changed file makes a new one.
+$(NLU_VENV)/.complete:
 	@test -n "$(PY310)" || { echo "error: Python 3.10 not found (pyenv install 3.10)"; exit 1; }
 	@echo "==> creating the NLU environment in $(NLU_VENV)"
 	@echo "    (Rasa 3.6 with TensorFlow, about 2.7 GB: several minutes the first time)"
@@ -69,7 +71,7 @@ $(GEN_PY)/.stamp: $(PROTOS) $(VENV)/.installed
 		$(PROTOS)
 	@touch $@
 
-$(GEN_NLU)/.stamp: $(PROTOS) $(NLU_VENV)/.complete
+$(GEN_NLU)/.stamp: $(PROTOS) | $(NLU_VENV)/.complete
 	@echo "==> generating Python stubs for the NLU environment (protobuf 4.23) into $(GEN_NLU)"
 	@rm -rf $(GEN_NLU) && mkdir -p $(GEN_NLU)
 	$(NLU_PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_NLU) --grpc_python_out=$(GEN_NLU) $(PROTOS)
@@ -84,7 +86,33 @@ proto: $(GEN_PY)/.stamp $(GEN_NLU)/.stamp ## Generate the stubs for both environ
 train: $(GEN_NLU)/.stamp ## Train the NLU model (cached by content: retrains only on change).
 	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m services.nlu train
 
+# ---- system packages ------------------------------------------------------
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: system-deps
+system-deps: ## Install the system packages the stack needs when missing (redis-server).
+	@command -v redis-server >/dev/null || { \
+		echo "==> installing redis-server from Debian"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
 # ---- running --------------------------------------------------------------
+
+CASSANDRA_DIR ?= $(CURDIR)/.data/cassandra
+
+.PHONY: cassandra
+cassandra: ## Run a local Cassandra 5.0 node on 127.0.0.1:9042 in the foreground.
+	$(PYTHON) scripts/cassandra.py run --data-dir $(CASSANDRA_DIR)
+
+.PHONY: run-chatlog run-dialogue run-gateway
+run-chatlog: $(GEN_PY)/.stamp ## Serve the chatlog service on CHATLOG_PORT (50053).
+	PYTHONPATH=$(PY_PATH) $(VPY) -m services.chatlog serve
+
+run-dialogue: $(GEN_PY)/.stamp ## Serve the dialogue service on DIALOGUE_PORT (50051).
+	PYTHONPATH=$(PY_PATH) $(VPY) -m services.dialogue serve
+
+run-gateway: $(GEN_PY)/.stamp ## Serve the gateway on GATEWAY_PORT (8080).
+	PYTHONPATH=$(PY_PATH) $(VPY) -m services.gateway serve
 
 .PHONY: run-nlu
 run-nlu: train ## Serve the NLU service on NLU_PORT (50052).
@@ -111,8 +139,18 @@ breaking: $(VENV)/.installed ## Check the contracts against main for breaking ch
 	else echo "==> buf breaking skipped: main has no contracts yet"; fi
 
 .PHONY: test
-test: proto train lint breaking ## Install what is missing and run every test.
+test: system-deps proto train lint breaking ## Install what is missing and run every test.
 	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest
+
+.PHONY: bench-chatlog bench-dialogue bench-gateway
+bench-chatlog: $(GEN_PY)/.stamp ## Benchmark the chatlog on SQLite and Cassandra.
+	PYTHONPATH=$(PY_PATH) $(VPY) -m bench.chatlog
+
+bench-dialogue: $(GEN_PY)/.stamp train ## Benchmark the dialogue service with 1-3 replicas.
+	PYTHONPATH=$(PY_PATH) NLU_PYTHON=$(NLU_PY) $(VPY) -m bench.dialogue
+
+bench-gateway: $(GEN_PY)/.stamp ## Benchmark the gateway's webhook acknowledgements.
+	PYTHONPATH=$(PY_PATH) $(VPY) -m bench.gateway
 
 .PHONY: bench-nlu
 bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.

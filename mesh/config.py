@@ -20,6 +20,10 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ
+
     def string(self, name: str, default: str | None = None) -> str:
         value = self._environ.get(name)
         if value is None or value == "":
