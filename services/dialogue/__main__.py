@@ -1,0 +1,57 @@
+"""python -m services.dialogue: serve the dialogue service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from mesh import ConfigError, configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.dialogue",
+        description="The dialogue service: every user's events answered in order, exactly once.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve",
+        help="serve chatbot.dialogue.v1.DialogueService and run this replica's workers",
+        description="Serve on GRPC_HOST:DIALOGUE_PORT (127.0.0.1:50051) with health and "
+        "reflection, /metrics on METRICS_PORT (9051). Queues and leases live in REDIS_URL "
+        "(a cluster node works too); the NLU and chatlog services are at NLU_ADDRESS and "
+        "CHATLOG_ADDRESS; replies go to MESSENGER_GRAPH_API_URL. Tenants come from "
+        "TENANTS_FILE or the MESSENGER_* variables; see the README for every setting.",
+    )
+    commands.add_parser(
+        "check-domain",
+        help="load every tenant's domain file and report errors",
+        description="Load the tenants and their domain files, print what each bot answers.",
+    )
+    args = parser.parse_args(argv)
+    try:
+        from mesh.tenants import Tenants
+
+        tenants = Tenants.from_env()
+        if args.command == "check-domain":
+            from services.dialogue.server import load_domains
+
+            for tenant_id, domain in load_domains(tenants).items():
+                print(
+                    f"{tenant_id}: {len(domain.responses)} responses, "
+                    f"{len(domain.actions)} actions, slots {sorted(domain.slots)}"
+                )
+            return 0
+        configure_logging("dialogue")
+        from services.dialogue.server import DialogueSettings, serve
+
+        asyncio.run(serve(DialogueSettings.from_env(), tenants))
+        return 0
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

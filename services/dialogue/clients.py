@@ -1,0 +1,174 @@
+"""The dialogue service's view of the NLU and chatlog services.
+
+The chatlog is written through an outbox: when the chatlog cannot take a
+write (down, slow), the write goes to a Redis stream and a replayer delivers
+it later, so a chatlog outage delays no user and loses no message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
+from chatbot.common.v1 import nlu_result_pb2
+from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
+from chatbot.nlu.v1 import nlu_service_pb2_grpc
+from redis.exceptions import ResponseError
+
+from mesh import get_logger
+from services.dialogue.keys import OUTBOX_STREAM
+from services.dialogue.store import Fenced, RedisClient
+
+_log = get_logger("dialogue.clients")
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class NluUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Understanding:
+    intent: nlu_result_pb2.Intent
+    ranking: list[nlu_result_pb2.Intent] = field(default_factory=list)
+    entities: list[nlu_result_pb2.Entity] = field(default_factory=list)
+    model_version: str = ""
+    is_fallback: bool = False
+
+
+class Nlu(Protocol):
+    async def parse(self, text: str, tenant_id: str) -> Understanding: ...
+
+
+class GrpcNlu:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 3.0) -> None:
+        self._stub = nlu_service_pb2_grpc.NluServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def parse(self, text: str, tenant_id: str) -> Understanding:
+        try:
+            reply = await self._stub.Parse(
+                nlu_pb.ParseRequest(text=text[:2000], tenant_id=tenant_id), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise NluUnavailable(f"NLU: {exc.code().name}: {exc.details()}") from exc
+        return Understanding(
+            intent=reply.intent,
+            ranking=list(reply.intent_ranking),
+            entities=list(reply.entities),
+            model_version=reply.model_version,
+            is_fallback=reply.is_fallback,
+        )
+
+
+class Chatlog(Protocol):
+    async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None: ...
+
+
+class ChatlogOutbox:
+    """Appends to the chatlog, or to the Redis outbox when it cannot."""
+
+    GROUP = "replayers"
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        redis: RedisClient,
+        consumer: str,
+        timeout_s: float = 2.0,
+        *,
+        blocking: RedisClient | None = None,
+    ) -> None:
+        self._stub = chatlog_service_pb2_grpc.ChatlogServiceStub(channel)
+        self._redis: Any = redis
+        self._blocking: Any = blocking or redis
+        self._consumer = consumer
+        self._timeout_s = timeout_s
+
+    async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None:
+        request = chatlog_pb.AppendMessagesRequest(messages=messages)
+        try:
+            await self._stub.AppendMessages(request, timeout=self._timeout_s)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise Fenced(f"chatlog refused a stale fencing token: {exc.details()}") from exc
+            if exc.code() not in _TRANSIENT:
+                raise
+            _log.warning(
+                "chatlog unavailable: writing to the outbox", extra={"code": exc.code().name}
+            )
+        # Checked under the lease already; replays are not fenced again.
+        for message in request.messages:
+            message.fencing_token = 0
+        await self._redis.xadd(OUTBOX_STREAM, {"r": request.SerializeToString()})
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(OUTBOX_STREAM, self.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def replay_forever(self, block_ms: int = 30_000) -> None:
+        """Delivers buffered writes; blocks on the stream while there are none."""
+        await self._ensure_group()
+        backoff = 0.5
+        while True:
+            try:
+                # Ours first (delivered, not yet acknowledged), then a dead
+                # replayer's, then new ones, waiting for them without cost.
+                mine = await self._redis.xreadgroup(
+                    self.GROUP, self._consumer, {OUTBOX_STREAM: "0"}, count=100
+                )
+                entries = [e for _, batch in mine or [] for e in batch]
+                if not entries:
+                    claimed = await self._redis.xautoclaim(
+                        OUTBOX_STREAM, self.GROUP, self._consumer, min_idle_time=60_000, count=100
+                    )
+                    entries = list(claimed[1]) if claimed else []
+                if not entries:
+                    streams = await self._blocking.xreadgroup(
+                        self.GROUP, self._consumer, {OUTBOX_STREAM: ">"}, count=100, block=block_ms
+                    )
+                    entries = [e for _, batch in streams or [] for e in batch]
+                for entry_id, fields in entries:
+                    await self._deliver(entry_id, fields)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning("outbox replay waiting for the chatlog", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        raw = fields.get(b"r")
+        if raw is not None:
+            request = chatlog_pb.AppendMessagesRequest.FromString(raw)
+            try:
+                await self._stub.AppendMessages(request, timeout=self._timeout_s * 5)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _TRANSIENT:
+                    raise
+                # Anything else will never succeed: keep the record in the log, move on.
+                _log.error(
+                    "outbox entry refused by the chatlog",
+                    extra={"code": exc.code().name, "details": exc.details()},
+                )
+        await self._redis.xack(OUTBOX_STREAM, self.GROUP, entry_id)
+        await self._redis.xdel(OUTBOX_STREAM, entry_id)
+
+    async def pending(self) -> int:
+        return int(await self._redis.xlen(OUTBOX_STREAM))

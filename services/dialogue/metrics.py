@@ -1,0 +1,27 @@
+"""The dialogue service's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_SUBMITTED = Counter(
+    "dialogue_events_submitted_total", "Events submitted, by outcome.", ["outcome"]
+)
+MESSAGES_PROCESSED = Counter(
+    "dialogue_items_processed_total", "Queue items processed to the end, by kind.", ["kind"]
+)
+PROCESSING_SECONDS = Histogram(
+    "dialogue_item_processing_seconds",
+    "Time to process one queue item under the lease.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ATTEMPTS_FAILED = Counter("dialogue_attempts_failed_total", "Processing attempts that failed.")
+DEAD_LETTERS = Counter("dialogue_dead_letters_total", "Items moved to the dead letters.")
+FENCED = Counter(
+    "dialogue_fencing_rejections_total", "Steps refused because the worker's lease was lost."
+)
+LEASES = Gauge("dialogue_active_leases", "Leases this replica holds now.")
+READY_USERS = Gauge("dialogue_ready_users", "Users waiting in the ready list (sampled).")
+RESCHEDULED = Counter(
+    "dialogue_users_rescheduled_total", "Users the reaper found stranded and scheduled again."
+)

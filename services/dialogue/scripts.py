@@ -1,0 +1,155 @@
+"""The Lua scripts: each one step, atomic, on one user's slot.
+
+A lease value is ``<holder>|<token>``. Every script that changes what a
+worker has done checks that value first: a worker whose lease expired (and
+maybe passed to another worker with a higher token) can no longer dequeue,
+mark a reply sent or store a result.
+"""
+
+from __future__ import annotations
+
+# KEYS: seen, queue, sched. ARGV: entry, dedupe ttl (s), check dedupe (1/0).
+# Returns 0 duplicate, 1 accepted, 2 accepted and the user needs scheduling.
+SUBMIT = """
+if ARGV[3] == '1' then
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+if redis.call('SET', KEYS[3], '1', 'NX') then return 2 end
+return 1
+"""
+
+# KEYS: lease, fence, queue, sched. ARGV: holder, ttl (ms).
+# Returns the new fencing token, -1 when another worker holds the lease, 0
+# when there is nothing to do (and clears a stale schedule mark).
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: lease. ARGV: value, ttl (ms). Returns 1 when still ours (and extended).
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease, queue, tries, sent, slots, handoff.
+# ARGV: value. Returns {head or false, tries, sent, slots..., handoff...} or
+# -1 when the lease is lost.
+LOAD_HEAD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return {false, 0, 0, {}, {}} end
+local id = cjson.decode(head)['i']
+local tries = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+local sent = tonumber(redis.call('HGET', KEYS[4], id) or '0')
+return {head, tries, sent, redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
+"""
+
+# KEYS: lease, sent. ARGV: value, item id, replies sent so far.
+MARK_SENT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: lease, tries. ARGV: value, item id. Returns the attempt count, or -1.
+FAIL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+"""
+
+# KEYS: lease, queue, tries, sent, last, slots, handoff, result, done.
+# ARGV: value, head entry, item id, result, result ttl (s), now (ms),
+#       slots (json object; "" keeps them), slot ttl (s), handoff (json; "" keeps it).
+# Removes the head and records its outcome in one step. Returns the queue's
+# remaining length, -1 when the lease is lost, -2 when the head is not ours.
+COMPLETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return -2 end
+redis.call('LPOP', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+redis.call('HSET', KEYS[5], 'event_id', ARGV[3], 'time', ARGV[6])
+if ARGV[7] ~= '' then
+  local slots = cjson.decode(ARGV[7])
+  for name, value in pairs(slots) do redis.call('HSET', KEYS[6], name, value) end
+  if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('EXPIRE', KEYS[6], ARGV[8]) end
+end
+if ARGV[9] ~= '' then
+  local handoff = cjson.decode(ARGV[9])
+  for name, value in pairs(handoff) do redis.call('HSET', KEYS[7], name, value) end
+end
+redis.call('SET', KEYS[8], ARGV[4], 'EX', ARGV[5])
+redis.call('DEL', KEYS[9])
+redis.call('RPUSH', KEYS[9], '1')
+redis.call('EXPIRE', KEYS[9], ARGV[5])
+return redis.call('LLEN', KEYS[2])
+"""
+
+# KEYS: lease, queue, tries, sent, dead count, result, done.
+# ARGV: value, head entry, item id, result, result ttl (s).
+# Takes a failed head off the queue (its dead letter is already written).
+DEAD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return -2 end
+redis.call('LPOP', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+redis.call('INCR', KEYS[5])
+redis.call('SET', KEYS[6], ARGV[4], 'EX', ARGV[5])
+redis.call('DEL', KEYS[7])
+redis.call('RPUSH', KEYS[7], '1')
+redis.call('EXPIRE', KEYS[7], ARGV[5])
+return redis.call('LLEN', KEYS[2])
+"""
+
+# KEYS: lease, queue, sched. ARGV: value.
+# Returns the queue's length (the caller schedules the user again when it is
+# not 0), or -1 when the lease was already lost.
+RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+local n = redis.call('LLEN', KEYS[2])
+if n == 0 then redis.call('DEL', KEYS[3]) end
+return n
+"""
+
+# KEYS: lease, queue, sched. For the reaper: 1 busy (a lease is held), 0 idle
+# (nothing queued), 2 stranded (queued, nobody on it: schedule it again).
+INSPECT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+redis.call('SET', KEYS[3], '1')
+return 2
+"""
+
+# KEYS: active index. ARGV: member, score read before. Removes the member only
+# if nobody touched it since.
+FORGET_IF_UNCHANGED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: dead items, dead index. ARGV: id. Takes one dead letter out.
+TAKE_DEAD = """
+local item = redis.call('HGET', KEYS[1], ARGV[1])
+if not item then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return item
+"""

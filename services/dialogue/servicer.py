@@ -1,0 +1,449 @@
+"""``chatbot.dialogue.v1.DialogueService`` over the Redis store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import grpc
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.common.v1 import event_pb2
+from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
+from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import RedisError
+
+from mesh import get_logger
+from mesh.tenants import Tenants
+from services.dialogue import metrics
+from services.dialogue.clients import Chatlog
+from services.dialogue.keys import UserId
+from services.dialogue.processor import (
+    RESULT_AGENT,
+    RESULT_CONVERSE,
+    RESULT_DEAD,
+    RESULT_REFUSED,
+    _user_ref,
+    conversation_id,
+)
+from services.dialogue.store import DeadLetterRecord, DialogueStore, QueueItem, SubmitStatus
+
+_log = get_logger("dialogue.servicer")
+
+MAX_EVENTS = 1000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+MAX_TEXT = 2000
+MAX_ID = 512
+CONVERSE_LIMIT_S = 30.0
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Invalid(Exception):
+    pass
+
+
+def _ms_timestamp(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
+    def __init__(
+        self, store: DialogueStore, tenants: Tenants, chatlog: Chatlog, token_secret: bytes
+    ) -> None:
+        self._store = store
+        self._tenants = tenants
+        self._chatlog = chatlog
+        self._secret = token_secret
+
+    # ---- validation -------------------------------------------------------
+
+    def _user(self, user: event_pb2.UserRef, where: str) -> UserId:
+        if not user.tenant_id:
+            raise Invalid(f"{where}user.tenant_id is required")
+        if self._tenants.get(user.tenant_id) is None:
+            raise Invalid(f"{where}user.tenant_id {user.tenant_id!r} is not a known tenant")
+        if user.channel == event_pb2.CHANNEL_UNSPECIFIED:
+            raise Invalid(f"{where}user.channel is required")
+        if user.channel not in event_pb2.Channel.values():
+            raise Invalid(f"{where}user.channel {user.channel} is not a known channel")
+        if not user.user_id:
+            raise Invalid(f"{where}user.user_id is required")
+        if len(user.user_id) > MAX_ID:
+            raise Invalid(f"{where}user.user_id is over {MAX_ID} characters")
+        return UserId(user.tenant_id, int(user.channel), user.user_id)
+
+    def _event(self, event: event_pb2.ChatEvent, where: str) -> UserId:
+        if not event.event_id:
+            raise Invalid(f"{where}event_id is required")
+        if len(event.event_id) > MAX_ID:
+            raise Invalid(f"{where}event_id is over {MAX_ID} characters")
+        user = self._user(event.user, where)
+        if event.WhichOneof("kind") is None:
+            raise Invalid(f"{where}kind is required (message, postback, ...)")
+        return user
+
+    def _tenant(self, tenant_id: str) -> None:
+        if not tenant_id:
+            raise Invalid("tenant_id is required")
+        if self._tenants.get(tenant_id) is None:
+            raise Invalid(f"tenant_id {tenant_id!r} is not a known tenant")
+
+    async def _fail(self, context: Context, exc: Exception) -> NoReturn:
+        if isinstance(exc, Invalid):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, RedisError):
+            _log.warning("redis unavailable", extra={"error": repr(exc)})
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the queue store (Redis) is unavailable"
+            )
+        raise exc
+
+    # ---- submission -------------------------------------------------------
+
+    @staticmethod
+    def _item(event: event_pb2.ChatEvent) -> QueueItem:
+        return QueueItem(
+            item_id=event.event_id,
+            kind="event",
+            payload=event.SerializeToString(),
+            enqueue_ms=int(time.time() * 1000),
+        )
+
+    async def _submit_all(
+        self, events: Sequence[event_pb2.ChatEvent], users: Sequence[UserId]
+    ) -> list[SubmitStatus]:
+        # One sequence per user keeps each user's order; users go in parallel.
+        by_user: dict[UserId, list[int]] = {}
+        for index, user in enumerate(users):
+            by_user.setdefault(user, []).append(index)
+        statuses: list[SubmitStatus] = [SubmitStatus.DUPLICATE] * len(events)
+
+        async def submit_user(user: UserId, indexes: list[int]) -> None:
+            for index in indexes:
+                statuses[index] = await self._store.submit(user, self._item(events[index]))
+
+        await asyncio.gather(*(submit_user(u, i) for u, i in by_user.items()))
+        for status in statuses:
+            metrics.EVENTS_SUBMITTED.labels(status.name.lower()).inc()
+        return statuses
+
+    async def SubmitEvents(
+        self, request: pb.SubmitEventsRequest, context: Context
+    ) -> pb.SubmitEventsResponse:
+        try:
+            if not request.events:
+                raise Invalid("events is empty")
+            if len(request.events) > MAX_EVENTS:
+                raise Invalid(f"events has {len(request.events)} items; the limit is {MAX_EVENTS}")
+            users = [self._event(e, f"events[{i}].") for i, e in enumerate(request.events)]
+            statuses = await self._submit_all(request.events, users)
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+        return pb.SubmitEventsResponse(
+            results=[
+                pb.SubmitEventResult(event_id=e.event_id, status=s.value)  # type: ignore[arg-type]
+                for e, s in zip(request.events, statuses, strict=True)
+            ]
+        )
+
+    def _deadline(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        limit = CONVERSE_LIMIT_S if remaining is None else min(remaining, CONVERSE_LIMIT_S)
+        return time.monotonic() + max(0.0, limit - 0.05)
+
+    async def Converse(self, request: pb.ConverseRequest, context: Context) -> pb.ConverseResponse:
+        deadline = self._deadline(context)
+        try:
+            event = self._converse_event(request)
+            user = self._event(event, "event.")
+            status = (await self._submit_all([event], [user]))[0]
+            result = await self._store.wait_result(
+                user, event.event_id, max(0.0, deadline - time.monotonic())
+            )
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+        if result is None:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"event {event.event_id} is still queued; it will be processed once "
+                "(call again with the same event_id for its result)",
+            )
+        if result.startswith(RESULT_DEAD):
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"event {event.event_id} failed and went to the dead letters: "
+                f"{result[1:].decode(errors='replace')}",
+            )
+        response = pb.ConverseResponse.FromString(result[len(RESULT_CONVERSE) :])
+        response.duplicate = status is SubmitStatus.DUPLICATE
+        return response
+
+    def _converse_event(self, request: pb.ConverseRequest) -> event_pb2.ChatEvent:
+        which = request.WhichOneof("input")
+        if which is None:
+            raise Invalid("one of event or text is required")
+        if which == "event":
+            event = event_pb2.ChatEvent()
+            event.CopyFrom(request.event)
+            if request.HasField("user") and request.user != event.user:
+                raise Invalid("user differs from event.user")
+            return event
+        if not request.text.strip():
+            raise Invalid("text is empty")
+        if len(request.text) > MAX_TEXT:
+            raise Invalid(f"text has {len(request.text)} characters; the limit is {MAX_TEXT}")
+        self._user(request.user, "")
+        now = int(time.time() * 1000)
+        event = event_pb2.ChatEvent(
+            event_id=request.event_id or f"converse-{uuid.uuid4().hex}",
+            user=request.user,
+            message=event_pb2.Message(mid=request.event_id, text=request.text),
+        )
+        event.event_time.FromMilliseconds(now)
+        event.receive_time.FromMilliseconds(now)
+        return event
+
+    # ---- state ------------------------------------------------------------
+
+    async def _state(self, user: UserId, ref: event_pb2.UserRef) -> pb.ConversationState:
+        raw = await self._store.state(user)
+        state = pb.ConversationState(
+            user=ref,
+            queue_length=raw.queue_length,
+            lease_holder=raw.lease_holder,
+            fencing_token=raw.fencing_token,
+            slots=raw.slots,
+            handed_off=raw.handoff.get("active") == "1",
+            handoff_reason=raw.handoff.get("reason", ""),
+            handoff_agent_id=raw.handoff.get("agent_id", ""),
+            last_processed_event_id=raw.last.get("event_id", ""),
+            dead_letter_count=raw.dead_letter_count,
+        )
+        if raw.lease_holder:
+            state.lease_expire_time.FromMilliseconds(int(time.time() * 1000) + raw.lease_ttl_ms)
+        if raw.handoff.get("time"):
+            state.handoff_time.FromMilliseconds(int(raw.handoff["time"]))
+        if raw.last.get("time"):
+            state.last_processed_time.FromMilliseconds(int(raw.last["time"]))
+        return state
+
+    async def GetConversationState(
+        self, request: pb.GetConversationStateRequest, context: Context
+    ) -> pb.GetConversationStateResponse:
+        try:
+            user = self._user(request.user, "")
+            return pb.GetConversationStateResponse(state=await self._state(user, request.user))
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+
+    async def SetHandoff(
+        self, request: pb.SetHandoffRequest, context: Context
+    ) -> pb.SetHandoffResponse:
+        try:
+            user = self._user(request.user, "")
+            before = await self._store.state(user)
+            active = before.handoff.get("active") == "1"
+            if active != request.handed_off:
+                now = int(time.time() * 1000)
+                await self._store.set_handoff(
+                    user,
+                    {
+                        "active": "1" if request.handed_off else "0",
+                        "reason": request.reason,
+                        "agent_id": request.agent_id,
+                        "time": str(now),
+                    },
+                )
+                await self._record_handoff(user, request, now)
+            return pb.SetHandoffResponse(state=await self._state(user, request.user))
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+
+    async def _record_handoff(self, user: UserId, request: pb.SetHandoffRequest, now: int) -> None:
+        who = f" by {request.agent_id}" if request.agent_id else ""
+        why = f": {request.reason}" if request.reason else ""
+        text = (
+            ("handed off to a person" if request.handed_off else "given back to the bot")
+            + who
+            + why
+        )
+        record = chatlog_pb.ChatMessage(
+            user=request.user,
+            conversation_id=conversation_id(user),
+            message_id=f"handoff:{now}:{uuid.uuid4().hex[:8]}",
+            direction=chatlog_pb.DIRECTION_OUTBOUND,
+            type=chatlog_pb.MESSAGE_TYPE_SYSTEM,
+            author=chatlog_pb.AUTHOR_AGENT if request.agent_id else chatlog_pb.AUTHOR_BOT,
+            agent_id=request.agent_id,
+            text=text,
+            handed_off=request.handed_off,
+        )
+        record.create_time.FromMilliseconds(now)
+        try:
+            await self._chatlog.append([record])
+        except Exception as exc:
+            _log.warning("hand-off not recorded in the chatlog", extra={"error": repr(exc)})
+
+    async def SendAgentMessage(
+        self, request: pb.SendAgentMessageRequest, context: Context
+    ) -> pb.SendAgentMessageResponse:
+        deadline = self._deadline(context)
+        try:
+            user = self._user(request.user, "")
+            if not request.agent_id:
+                raise Invalid("agent_id is required")
+            if not request.request_id:
+                raise Invalid("request_id is required")
+            if not request.text and not request.attachments:
+                raise Invalid("one of text or attachments is required")
+            if len(request.text) > MAX_TEXT * 10:
+                raise Invalid(f"text is over {MAX_TEXT * 10} characters")
+            item_id = f"agent:{request.request_id}"
+            existing = await self._store.result(user, item_id)
+            result = existing
+            if existing is None:
+                state = await self._store.state(user)
+                if state.handoff.get("active") != "1":
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION, "the conversation is not handed off"
+                    )
+                item = QueueItem(
+                    item_id=item_id,
+                    kind="agent",
+                    payload=request.SerializeToString(),
+                    enqueue_ms=int(time.time() * 1000),
+                )
+                await self._store.submit(user, item)
+                result = await self._store.wait_result(
+                    user, item_id, max(0.0, deadline - time.monotonic())
+                )
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+        if result is None:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "not sent yet; it stays queued and is sent once"
+            )
+        if result.startswith(RESULT_REFUSED):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, result[1:].decode())
+        if result.startswith(RESULT_DEAD):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, result[1:].decode(errors="replace"))
+        response = pb.SendAgentMessageResponse.FromString(result[len(RESULT_AGENT) :])
+        response.duplicate = existing is not None
+        return response
+
+    # ---- dead letters -----------------------------------------------------
+
+    def _sign(self, payload: dict[str, Any]) -> str:
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        mac = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(mac + body).decode()
+
+    def _unsign(self, token: str, bound: dict[str, Any]) -> dict[str, Any]:
+        try:
+            raw = base64.urlsafe_b64decode(token.encode())
+            mac, body = raw[:16], raw[16:]
+            payload = json.loads(body)
+        except (ValueError, TypeError):
+            raise Invalid("page_token is malformed") from None
+        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(mac, expected) or not isinstance(payload, dict):
+            raise Invalid("page_token was altered")
+        if {k: payload.get(k) for k in bound} != bound:
+            raise Invalid("page_token was issued for a different request")
+        return payload
+
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Context
+    ) -> pb.ListDeadLettersResponse:
+        try:
+            self._tenant(request.tenant_id)
+            if request.page_size < 0 or request.page_size > MAX_PAGE:
+                raise Invalid(f"page_size must be between 0 and {MAX_PAGE}")
+            size = request.page_size or DEFAULT_PAGE
+            bound = {"t": request.tenant_id, "c": int(request.channel), "u": request.user_id}
+            offset = 0
+            if request.page_token:
+                offset = int(self._unsign(request.page_token, bound).get("o", 0))
+            found: list[DeadLetterRecord] = []
+            more = True
+            while len(found) < size and more:
+                batch, more = await self._store.list_dead_letters(request.tenant_id, offset, size)
+                for record in batch:
+                    offset += 1
+                    if request.channel and record.user.channel != request.channel:
+                        continue
+                    if request.user_id and record.user.user_id != request.user_id:
+                        continue
+                    found.append(record)
+                    if len(found) == size:
+                        break
+            response = pb.ListDeadLettersResponse(dead_letters=[self._dead(r) for r in found])
+            if (more or len(found) == size) and (
+                await self._store.list_dead_letters(request.tenant_id, offset, 1)
+            )[0]:
+                response.next_page_token = self._sign({**bound, "o": offset})
+            return response
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)
+
+    @staticmethod
+    def _dead(record: DeadLetterRecord) -> pb.DeadLetter:
+        event = (
+            event_pb2.ChatEvent.FromString(record.item.payload)
+            if record.item.kind == "event"
+            else event_pb2.ChatEvent(
+                event_id=record.item.item_id,
+                user=_user_ref(record.user),
+            )
+        )
+        return pb.DeadLetter(
+            dead_letter_id=record.dead_letter_id,
+            event=event,
+            attempt_count=record.attempts,
+            last_error=record.last_error,
+            first_failure_time=_ms_timestamp(record.first_failure_ms),
+            last_failure_time=_ms_timestamp(record.last_failure_ms),
+        )
+
+    async def ReplayDeadLetter(
+        self, request: pb.ReplayDeadLetterRequest, context: Context
+    ) -> pb.ReplayDeadLetterResponse:
+        try:
+            self._tenant(request.tenant_id)
+            if not request.dead_letter_id:
+                raise Invalid("dead_letter_id is required")
+            record = await self._store.take_dead_letter(request.tenant_id, request.dead_letter_id)
+            if record is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"tenant {request.tenant_id!r} has no dead letter {request.dead_letter_id!r}",
+                )
+            item = QueueItem(
+                item_id=record.item.item_id,
+                kind=record.item.kind,
+                payload=record.item.payload,
+                enqueue_ms=int(time.time() * 1000),
+                replay=True,
+            )
+            try:
+                await self._store.submit(record.user, item, dedupe=False)
+            except RedisError:
+                await self._store.restore_dead_letter(record)
+                raise
+            return pb.ReplayDeadLetterResponse(
+                dead_letter=self._dead(record),
+                queue_length=await self._store.queue_length(record.user),
+            )
+        except (Invalid, RedisError) as exc:
+            await self._fail(context, exc)

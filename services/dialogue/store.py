@@ -1,0 +1,472 @@
+"""Everything the dialogue service keeps in Redis, behind one class.
+
+The ordering and once-only guarantees rest here: deduplicated submission, a
+per-user queue, a lease with a fencing token, and scripts that refuse any
+step of a worker whose lease is no longer current.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from services.dialogue import scripts
+from services.dialogue.keys import ACTIVE_INDEX, READY_LIST, TenantKeys, UserId, UserKeys
+
+RedisClient = Redis | RedisCluster
+
+
+class Fenced(Exception):
+    """This worker's lease is no longer current: it must stop touching the user."""
+
+
+class SubmitStatus(Enum):
+    ACCEPTED = 1
+    DUPLICATE = 2
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One entry of a user's queue: an event, or an agent's message to send."""
+
+    item_id: str
+    kind: str  # "event" or "agent"
+    payload: bytes
+    enqueue_ms: int
+    replay: bool = False
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "i": self.item_id,
+                "k": self.kind,
+                "p": base64.b64encode(self.payload).decode(),
+                "t": self.enqueue_ms,
+                "r": self.replay,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> QueueItem:
+        data = json.loads(raw)
+        return cls(
+            item_id=str(data["i"]),
+            kind=str(data["k"]),
+            payload=base64.b64decode(data["p"]),
+            enqueue_ms=int(data["t"]),
+            replay=bool(data.get("r")),
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    user: UserId
+    keys: UserKeys
+    token: int
+    value: str
+
+
+@dataclass(frozen=True)
+class Head:
+    raw: str
+    item: QueueItem
+    attempts: int
+    replies_sent: int
+    slots: dict[str, str]
+    handoff: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    dead_letter_id: str
+    user: UserId
+    item: QueueItem
+    attempts: int
+    last_error: str
+    first_failure_ms: int
+    last_failure_ms: int
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "id": self.dead_letter_id,
+                "u": self.user.member(),
+                "e": self.item.encode(),
+                "a": self.attempts,
+                "err": self.last_error,
+                "f": self.first_failure_ms,
+                "l": self.last_failure_ms,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> DeadLetterRecord:
+        data = json.loads(raw)
+        return cls(
+            dead_letter_id=data["id"],
+            user=UserId.from_member(data["u"]),
+            item=QueueItem.decode(data["e"]),
+            attempts=int(data["a"]),
+            last_error=str(data["err"]),
+            first_failure_ms=int(data["f"]),
+            last_failure_ms=int(data["l"]),
+        )
+
+
+@dataclass(frozen=True)
+class UserState:
+    queue_length: int
+    lease_holder: str
+    fencing_token: int
+    lease_ttl_ms: int
+    slots: dict[str, str]
+    handoff: dict[str, str]
+    last: dict[str, str]
+    dead_letter_count: int
+
+
+@dataclass
+class StoreSettings:
+    holder: str
+    lease_ms: int = 10_000
+    dedupe_ttl_s: int = 48 * 3600
+    result_ttl_s: int = 48 * 3600
+    slot_ttl_s: int = 24 * 3600
+    # A user not seen progressing for this long is checked by the reaper.
+    stall_grace_s: float = 30.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+class DialogueStore:
+    def __init__(
+        self, redis: RedisClient, settings: StoreSettings, *, blocking: RedisClient | None = None
+    ) -> None:
+        # redis-py's return types are unions of bytes/str/awaitables; we use bytes.
+        self.redis: Any = redis
+        # Blocking pops wait longer than a normal command's time-out.
+        self.blocking: Any = blocking or redis
+        self.settings = settings
+        self._submit = redis.register_script(scripts.SUBMIT)
+        self._acquire = redis.register_script(scripts.ACQUIRE)
+        self._renew = redis.register_script(scripts.RENEW)
+        self._load_head = redis.register_script(scripts.LOAD_HEAD)
+        self._mark_sent = redis.register_script(scripts.MARK_SENT)
+        self._fail = redis.register_script(scripts.FAIL)
+        self._complete = redis.register_script(scripts.COMPLETE)
+        self._dead = redis.register_script(scripts.DEAD)
+        self._release = redis.register_script(scripts.RELEASE)
+        self._inspect = redis.register_script(scripts.INSPECT)
+        self._forget = redis.register_script(scripts.FORGET_IF_UNCHANGED)
+        self._take_dead = redis.register_script(scripts.TAKE_DEAD)
+
+    # ---- submission -------------------------------------------------------
+
+    async def submit(self, user: UserId, item: QueueItem, *, dedupe: bool = True) -> SubmitStatus:
+        """Queues ``item`` for ``user`` unless its id was seen (one atomic step)."""
+        keys = UserKeys(user)
+        # Indexed first: if this process dies after queueing, the reaper finds the user.
+        await self._touch(user, self.settings.stall_grace_s)
+        outcome = int(
+            await self._submit(
+                keys=[keys.seen(item.item_id), keys.queue, keys.sched],
+                args=[item.encode(), self.settings.dedupe_ttl_s, "1" if dedupe else "0"],
+            )
+        )
+        if outcome == 0:
+            return SubmitStatus.DUPLICATE
+        if outcome == 2:
+            await self.redis.rpush(READY_LIST, user.member())
+        return SubmitStatus.ACCEPTED
+
+    async def _touch(self, user: UserId, seconds: float) -> None:
+        await self.redis.zadd(ACTIVE_INDEX, {user.member(): time.time() + seconds}, gt=True)
+
+    # ---- workers ----------------------------------------------------------
+
+    async def next_ready(self, timeout_s: float) -> UserId | None:
+        """Blocks until a user is ready (or the timeout passes)."""
+        popped = await self.blocking.blpop([READY_LIST], timeout=timeout_s)
+        if not popped:
+            return None
+        return UserId.from_member(popped[1])
+
+    async def acquire(self, user: UserId) -> Lease | None:
+        keys = UserKeys(user)
+        token = int(
+            await self._acquire(
+                keys=[keys.lease, keys.fence, keys.queue, keys.sched],
+                args=[self.settings.holder, self.settings.lease_ms],
+            )
+        )
+        if token <= 0:
+            return None
+        await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)
+        return Lease(user, keys, token, f"{self.settings.holder}|{token}")
+
+    async def renew(self, lease: Lease) -> bool:
+        ok = await self._renew(keys=[lease.keys.lease], args=[lease.value, self.settings.lease_ms])
+        return int(ok) == 1
+
+    async def ensure(self, lease: Lease) -> None:
+        """Raises ``Fenced`` unless the lease is still this worker's (and extends it)."""
+        if not await self.renew(lease):
+            raise Fenced(f"lease {lease.value} lost")
+
+    async def head(self, lease: Lease) -> Head | None:
+        k = lease.keys
+        reply = await self._load_head(
+            keys=[k.lease, k.queue, k.tries, k.sent, k.slots, k.handoff], args=[lease.value]
+        )
+        if reply == -1:
+            raise Fenced(f"lease {lease.value} lost")
+        raw, attempts, sent, slots, handoff = reply
+        if raw is None:
+            return None
+        raw_text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return Head(
+            raw_text,
+            QueueItem.decode(raw_text),
+            int(attempts),
+            int(sent),
+            _pairs(slots),
+            _pairs(handoff),
+        )
+
+    async def mark_sent(self, lease: Lease, item_id: str, count: int) -> None:
+        ok = await self._mark_sent(
+            keys=[lease.keys.lease, lease.keys.sent], args=[lease.value, item_id, count]
+        )
+        if int(ok) != 1:
+            raise Fenced(f"lease {lease.value} lost")
+
+    async def record_failure(self, lease: Lease, item_id: str) -> int:
+        attempts = int(
+            await self._fail(keys=[lease.keys.lease, lease.keys.tries], args=[lease.value, item_id])
+        )
+        if attempts < 0:
+            raise Fenced(f"lease {lease.value} lost")
+        return attempts
+
+    async def complete(
+        self,
+        lease: Lease,
+        head: Head,
+        result: bytes,
+        *,
+        slots: Mapping[str, str] | None = None,
+        handoff: Mapping[str, str] | None = None,
+    ) -> int:
+        """Dequeues the head and stores its result; returns what remains queued."""
+        k = lease.keys
+        remaining = int(
+            await self._complete(
+                keys=[
+                    k.lease,
+                    k.queue,
+                    k.tries,
+                    k.sent,
+                    k.last,
+                    k.slots,
+                    k.handoff,
+                    k.result(head.item.item_id),
+                    k.done(head.item.item_id),
+                ],
+                args=[
+                    lease.value,
+                    head.raw,
+                    head.item.item_id,
+                    result,
+                    self.settings.result_ttl_s,
+                    _now_ms(),
+                    json.dumps(dict(slots)) if slots else "",
+                    self.settings.slot_ttl_s,
+                    json.dumps(dict(handoff)) if handoff else "",
+                ],
+            )
+        )
+        if remaining < 0:
+            raise Fenced(f"lease {lease.value} lost (complete: {remaining})")
+        return remaining
+
+    async def dead_letter(self, lease: Lease, head: Head, error: str, result: bytes) -> None:
+        """Moves the head to its tenant's dead letters; the queue moves on."""
+        record = DeadLetterRecord(
+            dead_letter_id=f"{lease.user.channel}.{lease.user.user_id}.{head.item.item_id}",
+            user=lease.user,
+            item=head.item,
+            attempts=head.attempts,
+            last_error=error[:2000],
+            first_failure_ms=head.item.enqueue_ms,
+            last_failure_ms=_now_ms(),
+        )
+        tk = TenantKeys(lease.user.tenant_id)
+        # Written first: a crash before the dequeue leaves the head, which then
+        # dead-letters again under the same id.
+        await self.ensure(lease)
+        await self.redis.hset(tk.dead_items, record.dead_letter_id, record.encode())
+        await self.redis.zadd(tk.dead_index, {record.dead_letter_id: record.last_failure_ms})
+        k = lease.keys
+        outcome = int(
+            await self._dead(
+                keys=[
+                    k.lease,
+                    k.queue,
+                    k.tries,
+                    k.sent,
+                    k.dead_count,
+                    k.result(head.item.item_id),
+                    k.done(head.item.item_id),
+                ],
+                args=[lease.value, head.raw, head.item.item_id, result, self.settings.result_ttl_s],
+            )
+        )
+        if outcome < 0:
+            raise Fenced(f"lease {lease.value} lost (dead letter: {outcome})")
+
+    async def release(self, lease: Lease) -> None:
+        k = lease.keys
+        remaining = int(await self._release(keys=[k.lease, k.queue, k.sched], args=[lease.value]))
+        if remaining > 0:
+            # Back to the tail of the ready list: the other users go first.
+            await self._touch(lease.user, self.settings.stall_grace_s)
+            await self.redis.rpush(READY_LIST, lease.user.member())
+
+    # ---- waiting for results ----------------------------------------------
+
+    async def result(self, user: UserId, item_id: str) -> bytes | None:
+        value = await self.redis.get(UserKeys(user).result(item_id))
+        return bytes(value) if value is not None else None
+
+    async def wait_result(self, user: UserId, item_id: str, timeout_s: float) -> bytes | None:
+        """The item's result once it is processed, or None after ``timeout_s``."""
+        keys = UserKeys(user)
+        existing = await self.result(user, item_id)
+        if existing is not None:
+            return existing
+        if timeout_s <= 0:
+            return None
+        popped = await self.blocking.blpop([keys.done(item_id)], timeout=timeout_s)
+        if not popped:
+            return await self.result(user, item_id)
+        # Put the signal back for any other caller waiting on the same item.
+        await self.redis.rpush(keys.done(item_id), "1")
+        await self.redis.expire(keys.done(item_id), self.settings.result_ttl_s)
+        return await self.result(user, item_id)
+
+    # ---- recovery ---------------------------------------------------------
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Reschedules users left with a queue and no worker (a crashed replica).
+
+        Looks only at users whose deadline passed; returns how many it rescheduled.
+        """
+        overdue = await self.redis.zrangebyscore(
+            ACTIVE_INDEX, "-inf", time.time(), start=0, num=limit, withscores=True
+        )
+        rescheduled = 0
+        for member, score in overdue:
+            user = UserId.from_member(member)
+            k = UserKeys(user)
+            state = int(await self._inspect(keys=[k.lease, k.queue, k.sched]))
+            if state == 1:
+                await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)
+            elif state == 0:
+                await self._forget(keys=[ACTIVE_INDEX], args=[member, score])
+            else:
+                await self._touch(user, self.settings.stall_grace_s)
+                await self.redis.rpush(READY_LIST, user.member())
+                rescheduled += 1
+        return rescheduled
+
+    async def ready_length(self) -> int:
+        return int(await self.redis.llen(READY_LIST))
+
+    async def active_count(self) -> int:
+        return int(await self.redis.zcard(ACTIVE_INDEX))
+
+    # ---- state, hand-off, dead letters -------------------------------------
+
+    async def state(self, user: UserId) -> UserState:
+        k = UserKeys(user)
+        lease_value = await self.redis.get(k.lease)
+        holder, token = "", 0
+        if lease_value:
+            holder_text, _, token_text = lease_value.decode().rpartition("|")
+            holder, token = holder_text, int(token_text)
+        else:
+            token = int(await self.redis.get(k.fence) or 0)
+        return UserState(
+            queue_length=int(await self.redis.llen(k.queue)),
+            lease_holder=holder,
+            fencing_token=token,
+            lease_ttl_ms=int(await self.redis.pttl(k.lease)) if lease_value else 0,
+            slots=_pairs(await self._flat(k.slots)),
+            handoff=_pairs(await self._flat(k.handoff)),
+            last=_pairs(await self._flat(k.last)),
+            dead_letter_count=int(await self.redis.get(k.dead_count) or 0),
+        )
+
+    async def _flat(self, key: str) -> list[Any]:
+        mapping = await self.redis.hgetall(key)
+        flat: list[Any] = []
+        for name, value in mapping.items():
+            flat += [name, value]
+        return flat
+
+    async def set_handoff(self, user: UserId, fields: Mapping[str, str]) -> None:
+        await self.redis.hset(UserKeys(user).handoff, mapping=dict(fields))
+
+    async def list_dead_letters(
+        self, tenant_id: str, offset: int, count: int
+    ) -> tuple[list[DeadLetterRecord], bool]:
+        tk = TenantKeys(tenant_id)
+        ids = await self.redis.zrevrange(tk.dead_index, offset, offset + count)
+        more = len(ids) > count
+        ids = ids[:count]
+        if not ids:
+            return [], False
+        raws = await self.redis.hmget(tk.dead_items, ids)
+        return [DeadLetterRecord.decode(raw) for raw in raws if raw is not None], more
+
+    async def take_dead_letter(
+        self, tenant_id: str, dead_letter_id: str
+    ) -> DeadLetterRecord | None:
+        tk = TenantKeys(tenant_id)
+        raw = await self._take_dead(keys=[tk.dead_items, tk.dead_index], args=[dead_letter_id])
+        if raw is None:
+            return None
+        record = DeadLetterRecord.decode(raw)
+        await self.redis.decr(UserKeys(record.user).dead_count)
+        return record
+
+    async def restore_dead_letter(self, record: DeadLetterRecord) -> None:
+        tk = TenantKeys(record.user.tenant_id)
+        await self.redis.hset(tk.dead_items, record.dead_letter_id, record.encode())
+        await self.redis.zadd(tk.dead_index, {record.dead_letter_id: record.last_failure_ms})
+        await self.redis.incr(UserKeys(record.user).dead_count)
+
+    async def queue_length(self, user: UserId) -> int:
+        return int(await self.redis.llen(UserKeys(user).queue))
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())

@@ -1,0 +1,188 @@
+"""The workers of one replica.
+
+A dispatcher blocks on the ready list (no Redis calls while idle beyond one
+blocking pop) and hands each ready user to a turn, at most ``concurrency``
+at a time. A turn takes the user's lease, processes up to ``turn_items``
+items, and releases it; a user with more queued goes back to the tail of the
+ready list, so a chatty user cannot starve the others. The lease is renewed
+while the turn runs; if renewal fails the turn is cancelled.
+
+A reaper, every ``sweep_interval_s``, reschedules users stranded by a
+replica that died (one index lookup when there are none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from mesh import get_logger
+from services.dialogue import metrics
+from services.dialogue.keys import UserId
+from services.dialogue.processor import RESULT_DEAD, Processor
+from services.dialogue.store import DialogueStore, Fenced, Head, Lease
+
+_log = get_logger("dialogue.worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 32
+    turn_items: int = 1
+    max_attempts: int = 5
+    retry_backoff_s: float = 0.5
+    block_s: float = 30.0
+    sweep_interval_s: float = 10.0
+
+
+class Workers:
+    def __init__(
+        self, store: DialogueStore, processor: Processor, settings: WorkerSettings
+    ) -> None:
+        self._store = store
+        self._processor = processor
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._turns: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Dispatches until cancelled; then lets running turns end (or cancels them)."""
+        reaper = asyncio.create_task(self._reap_forever())
+        try:
+            await self._dispatch_forever()
+        finally:
+            reaper.cancel()
+            for turn in list(self._turns):
+                turn.cancel()
+            await asyncio.gather(reaper, *self._turns, return_exceptions=True)
+
+    async def _dispatch_forever(self) -> None:
+        backoff = 0.2
+        while True:
+            await self._slots.acquire()
+            try:
+                user = await self._store.next_ready(self._settings.block_s)
+                backoff = 0.2
+            except RedisError as exc:
+                self._slots.release()
+                _log.warning("ready list unreachable", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if user is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._turn(user))
+            self._turns.add(task)
+            task.add_done_callback(self._turn_done)
+
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        self._turns.discard(task)
+        self._slots.release()
+
+    async def _turn(self, user: UserId) -> None:
+        try:
+            lease = await self._store.acquire(user)
+        except RedisError as exc:
+            _log.warning("lease not acquired", extra={"error": repr(exc)})
+            return
+        if lease is None:
+            return  # another worker has the user, or nothing is left
+        metrics.LEASES.inc()
+        work = asyncio.create_task(self._work(lease))
+        lost = False
+        try:
+            interval = self._store.settings.lease_ms / 3000
+            while not work.done():
+                await asyncio.wait({work}, timeout=interval)
+                if work.done():
+                    break
+                try:
+                    still_ours = await self._store.renew(lease)
+                except RedisError:
+                    still_ours = False
+                if not still_ours:
+                    lost = True
+                    metrics.FENCED.inc()
+                    _log.warning("lease lost mid-turn: stopping", extra={"token": lease.token})
+                    work.cancel()
+            try:
+                await work
+            except asyncio.CancelledError:
+                if not lost:
+                    raise
+            except Fenced as exc:
+                lost = True
+                metrics.FENCED.inc()
+                _log.warning("fenced: another worker has the user", extra={"reason": str(exc)})
+        finally:
+            metrics.LEASES.dec()
+            if not work.done():
+                work.cancel()
+            if not lost:
+                try:
+                    await self._store.release(lease)
+                except (RedisError, Fenced) as exc:
+                    _log.warning(
+                        "release failed; the lease will expire", extra={"error": repr(exc)}
+                    )
+
+    async def _work(self, lease: Lease) -> None:
+        done = 0
+        while done < self._settings.turn_items:
+            head = await self._store.head(lease)
+            if head is None:
+                return
+            if head.attempts >= self._settings.max_attempts:
+                await self._dead_letter(lease, head, "too many failed attempts")
+                done += 1
+                continue
+            started = time.perf_counter()
+            try:
+                await self._processor.process(lease, head)
+            except (Fenced, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                metrics.ATTEMPTS_FAILED.inc()
+                attempts = await self._store.record_failure(lease, head.item.item_id)
+                _log.warning(
+                    "processing failed",
+                    extra={"item": head.item.item_id, "attempt": attempts, "error": repr(exc)},
+                )
+                if attempts >= self._settings.max_attempts:
+                    await self._dead_letter(lease, head, repr(exc), attempts)
+                    done += 1
+                else:
+                    await asyncio.sleep(self._settings.retry_backoff_s * 2 ** (attempts - 1))
+                continue
+            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+            metrics.MESSAGES_PROCESSED.labels(head.item.kind).inc()
+            done += 1
+
+    async def _dead_letter(self, lease: Lease, head: Head, error: str, attempts: int = 0) -> None:
+        if attempts:
+            head = Head(head.raw, head.item, attempts, head.replies_sent, head.slots, head.handoff)
+        await self._store.dead_letter(lease, head, error, RESULT_DEAD + error.encode()[:1000])
+        metrics.DEAD_LETTERS.inc()
+        _log.error(
+            "moved to the dead letters",
+            extra={"tenant": lease.user.tenant_id, "item": head.item.item_id, "error": error[:300]},
+        )
+
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                rescheduled = await self._store.sweep()
+                if rescheduled:
+                    metrics.RESCHEDULED.inc(rescheduled)
+                    _log.info("rescheduled stranded users", extra={"users": rescheduled})
+                metrics.READY_USERS.set(await self._store.ready_length())
+            except RedisError as exc:
+                _log.warning("reaper cannot reach Redis", extra={"error": repr(exc)})
+            await asyncio.sleep(self._settings.sweep_interval_s)

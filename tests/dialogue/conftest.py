@@ -1,0 +1,190 @@
+"""Dialogue replicas as real processes, with real Redis and real stand-in servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from chatbot.common.v1 import event_pb2
+from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
+from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
+from tests.redis_servers import RedisCluster, RedisServer
+from tests.support import REPO, ServiceProcess, free_port
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+TENANT = "default"
+
+
+class Replicas:
+    """Dialogue service processes sharing one Redis."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.processes: list[ServiceProcess] = []
+
+    def start(self, count: int = 1, **overrides: str) -> list[ServiceProcess]:
+        started = []
+        for _ in range(count):
+            port = free_port()
+            env = {
+                **self.env,
+                "DIALOGUE_PORT": str(port),
+                "METRICS_PORT": "0",
+                "PYTHONPATH": f"{REPO}:{REPO / 'build' / 'gen' / 'py'}",
+                **overrides,
+            }
+            process = ServiceProcess(
+                [sys.executable, "-m", "services.dialogue", "serve"],
+                env,
+                self.workdir / f"dialogue-{port}.log",
+                port,
+            )
+            started.append(process)
+        for process in started:
+            process.wait_for_status(SERVING, timeout=60)
+        self.processes += started
+        return started
+
+    def kill(self, process: ServiceProcess) -> None:
+        process.proc.send_signal(signal.SIGKILL)
+        process.proc.wait()
+        self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.processes.clear()
+
+    def stub(self, index: int = 0) -> dialogue_service_pb2_grpc.DialogueServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.processes[index].port}")
+        return dialogue_service_pb2_grpc.DialogueServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def graph_api() -> Iterator[GraphApi]:
+    api = GraphApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def keyword_nlu() -> Iterator[KeywordNlu]:
+    nlu = KeywordNlu()
+    yield nlu
+    nlu.stop()
+
+
+@pytest.fixture(scope="session")
+def recording_chatlog() -> Iterator[RecordingChatlog]:
+    chatlog = RecordingChatlog()
+    yield chatlog
+    chatlog.stop()
+
+
+def _flush(target: RedisServer | RedisCluster) -> None:
+    nodes = target.nodes if isinstance(target, RedisCluster) else [target]
+    for node in nodes:
+        client = redis.Redis(port=node.port)
+        client.flushall()
+        client.close()
+
+
+def _env(
+    redis_url: str, graph: GraphApi, nlu: KeywordNlu, chatlog: RecordingChatlog
+) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "NLU_ADDRESS": nlu.address,
+        "CHATLOG_ADDRESS": chatlog.address,
+        "MESSENGER_GRAPH_API_URL": graph.url,
+        "MESSENGER_PAGE_ACCESS_TOKEN": "page-token-for-tests",
+        "ORDER_API_URL": graph.url,
+        "WEATHER_API_URL": graph.url,
+        "TENANT_ID": TENANT,
+        "DIALOGUE_PAGE_TOKEN_SECRET": "tests",
+        "DIALOGUE_RETRY_BACKOFF_MS": "50",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def replicas(
+    redis_server: RedisServer,
+    graph_api: GraphApi,
+    keyword_nlu: KeywordNlu,
+    recording_chatlog: RecordingChatlog,
+    tmp_path: Path,
+) -> Iterator[Replicas]:
+    _flush(redis_server)
+    graph_api.clear()
+    keyword_nlu.delay_s, keyword_nlu.up = 0.0, True
+    keyword_nlu.calls.clear()
+    recording_chatlog.up = True
+    group = Replicas(tmp_path, _env(redis_server.url, graph_api, keyword_nlu, recording_chatlog))
+    yield group
+    group.stop_all()
+
+
+@pytest.fixture
+def cluster_replicas(
+    redis_cluster: RedisCluster,
+    graph_api: GraphApi,
+    keyword_nlu: KeywordNlu,
+    recording_chatlog: RecordingChatlog,
+    tmp_path: Path,
+) -> Iterator[Replicas]:
+    _flush(redis_cluster)
+    graph_api.clear()
+    keyword_nlu.delay_s, keyword_nlu.up = 0.0, True
+    keyword_nlu.calls.clear()
+    group = Replicas(tmp_path, _env(redis_cluster.url, graph_api, keyword_nlu, recording_chatlog))
+    yield group
+    group.stop_all()
+
+
+def message_event(
+    user_id: str, mid: str, text: str, *, at_ms: int | None = None
+) -> event_pb2.ChatEvent:
+    event = event_pb2.ChatEvent(
+        event_id=mid,
+        user=event_pb2.UserRef(
+            tenant_id=TENANT, channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
+        ),
+        recipient_id="page-1",
+        message=event_pb2.Message(mid=mid, text=text),
+    )
+    now = at_ms or int(time.time() * 1000)
+    event.event_time.FromMilliseconds(now)
+    event.receive_time.FromMilliseconds(int(time.time() * 1000))
+    return event
+
+
+def submit(
+    stub: dialogue_service_pb2_grpc.DialogueServiceStub, *events: event_pb2.ChatEvent
+) -> list[int]:
+    reply = stub.SubmitEvents(pb.SubmitEventsRequest(events=list(events)), timeout=10)
+    return [r.status for r in reply.results]
+
+
+def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.05) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+__all__ = ["TENANT", "Replicas", "message_event", "os", "submit", "wait_for"]

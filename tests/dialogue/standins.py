@@ -1,0 +1,292 @@
+"""Real servers standing in for what the dialogue service talks to.
+
+- ``GraphApi``: an HTTP server in place of Facebook's Send API, recording
+  every message and failing on command (error codes, delays).
+- ``KeywordNlu``: a gRPC NluService answering by keyword, with a settable delay
+  and an on/off switch: the small, fast model of the ordering tests.
+- ``RecordingChatlog``: a gRPC ChatlogService keeping appends by message id
+  and refusing stale fencing tokens as the real chatlog does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import grpc
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
+from chatbot.common.v1 import nlu_result_pb2
+from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
+from chatbot.nlu.v1 import nlu_service_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from tests.support import free_port
+
+
+@dataclass
+class SentMessage:
+    recipient: str
+    text: str
+    in_reply_to: str
+    body: dict[str, Any]
+    time: float
+
+
+@dataclass
+class GraphApi:
+    """``POST /me/messages`` recorder; also serves the actions' APIs."""
+
+    port: int = 0
+    sent: list[SentMessage] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    delay_s: float = 0.0
+    # Return (status, body) to fail a message, or None to accept it.
+    rule: Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weather_status: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> GraphApi:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                query = parse_qs(urlparse(self.path).query)
+                if not urlparse(self.path).path.endswith("/me/messages"):
+                    return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
+                if not query.get("access_token"):
+                    return self._reply(400, {"error": {"message": "no token", "code": 190}})
+                if "sender_action" in body:
+                    return self._reply(200, {"recipient_id": body["recipient"]["id"]})
+                if api.delay_s:
+                    time.sleep(api.delay_s)
+                failure = api.rule(body) if api.rule else None
+                if failure is not None:
+                    return self._reply(*failure)
+                message = body.get("message", {})
+                metadata = json.loads(message.get("metadata") or "{}")
+                with api.lock:
+                    api.sent.append(
+                        SentMessage(
+                            recipient=body["recipient"]["id"],
+                            text=message.get("text", ""),
+                            in_reply_to=metadata.get("in_reply_to", ""),
+                            body=body,
+                            time=time.monotonic(),
+                        )
+                    )
+                    count = len(api.sent)
+                self._reply(
+                    200, {"recipient_id": body["recipient"]["id"], "message_id": f"m_out{count}"}
+                )
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                with api.lock:
+                    api.actions.append({"path": url.path, "query": parse_qs(url.query)})
+                if url.path.startswith("/orders/"):
+                    order = api.orders.get(url.path.rsplit("/", 1)[1])
+                    if order is None:
+                        return self._reply(404, {"error": "no such order"})
+                    return self._reply(200, order)
+                if url.path == "/weather":
+                    if api.weather_status != 200:
+                        return self._reply(api.weather_status, {"error": "down"})
+                    city = parse_qs(url.query).get("city", ["?"])[0]
+                    return self._reply(200, {"city": city, "temperature_c": 21, "summary": "sunny"})
+                self._reply(404, {})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def replies_by_user(self) -> dict[str, list[str]]:
+        """The ``in_reply_to`` of every message sent, per recipient, in send order."""
+        out: dict[str, list[str]] = defaultdict(list)
+        with self.lock:
+            for message in self.sent:
+                out[message.recipient].append(message.in_reply_to)
+        return out
+
+    def clear(self) -> None:
+        with self.lock:
+            self.sent.clear()
+            self.actions.clear()
+        self.rule = None
+        self.delay_s = 0.0
+
+
+KEYWORDS = [
+    ("order", "order_status"),
+    ("weather", "weather"),
+    ("human", "human_handoff"),
+    ("hello", "greet"),
+    ("bye", "goodbye"),
+    ("thank", "thanks"),
+    ("help", "help"),
+    ("hours", "opening_hours"),
+]
+
+
+class _KeywordNluServicer(nlu_service_pb2_grpc.NluServiceServicer):
+    def __init__(self, owner: KeywordNlu) -> None:
+        self._owner = owner
+
+    def Parse(
+        self, request: nlu_pb.ParseRequest, context: grpc.ServicerContext
+    ) -> nlu_pb.ParseResponse:
+        owner = self._owner
+        with owner.lock:
+            owner.calls.append(request.text)
+        if owner.delay_s:
+            time.sleep(owner.delay_s)
+        if not owner.up:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "keyword NLU is down")
+        lowered = request.text.lower()
+        intent = next((name for word, name in KEYWORDS if word in lowered), "")
+        entities = []
+        for token in request.text.replace("?", " ").split():
+            if token.isdigit() and len(token) >= 5:
+                start = request.text.find(token)
+                entities.append(
+                    nlu_result_pb2.Entity(entity="order_id", value=token, start=start,
+                                          end=start + len(token), extractor="keyword")
+                )  # fmt: skip
+            if token.istitle() and "weather" in lowered and token.lower() != "weather":
+                start = request.text.find(token)
+                entities.append(
+                    nlu_result_pb2.Entity(entity="city", value=token, start=start,
+                                          end=start + len(token), extractor="keyword")
+                )  # fmt: skip
+        confidence = 0.95 if intent else 0.2
+        name = intent or "nlu_fallback"
+        return nlu_pb.ParseResponse(
+            text=request.text,
+            intent=nlu_result_pb2.Intent(name=name, confidence=confidence),
+            intent_ranking=[nlu_result_pb2.Intent(name=name, confidence=confidence)],
+            entities=entities,
+            model_version="keyword-1",
+            is_fallback=not intent,
+        )
+
+
+class KeywordNlu:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.delay_s = 0.0
+        self.up = True
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        # Stand-ins implement only what the dialogue service calls.
+        servicer = _KeywordNluServicer(self)  # type: ignore[abstract]
+        nlu_service_pb2_grpc.add_NluServiceServicer_to_server(servicer, self._server)
+        health_servicer = health.HealthServicer()
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self._server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+
+class _RecordingChatlogServicer(chatlog_service_pb2_grpc.ChatlogServiceServicer):
+    def __init__(self, owner: RecordingChatlog) -> None:
+        self._owner = owner
+
+    def AppendMessages(
+        self, request: chatlog_pb.AppendMessagesRequest, context: grpc.ServicerContext
+    ) -> chatlog_pb.AppendMessagesResponse:
+        owner = self._owner
+        if not owner.up:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "recording chatlog is down")
+        results = []
+        with owner.lock:
+            for message in request.messages:
+                owner.attempts.append(message)
+                user = (message.user.tenant_id, message.user.channel, message.user.user_id)
+                token = message.fencing_token
+                if token and token < owner.highest.get(user, 0):
+                    owner.rejected.append(message)
+                    context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"stale fencing token {token}"
+                    )
+                if token:
+                    owner.highest[user] = max(owner.highest.get(user, 0), token)
+                key = (message.user.tenant_id, message.message_id)
+                if key in owner.messages:
+                    status = chatlog_pb.APPEND_STATUS_ALREADY_EXISTS
+                else:
+                    owner.messages[key] = message
+                    status = chatlog_pb.APPEND_STATUS_CREATED
+                results.append(
+                    chatlog_pb.AppendResult(message_id=message.message_id, status=status)
+                )
+        return chatlog_pb.AppendMessagesResponse(results=results)
+
+
+class RecordingChatlog:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.up = True
+        self.messages: dict[tuple[str, str], chatlog_pb.ChatMessage] = {}
+        self.attempts: list[chatlog_pb.ChatMessage] = []
+        self.rejected: list[chatlog_pb.ChatMessage] = []
+        self.highest: dict[tuple[str, int, str], int] = {}
+        self.lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        servicer = _RecordingChatlogServicer(self)  # type: ignore[abstract]
+        chatlog_service_pb2_grpc.add_ChatlogServiceServicer_to_server(servicer, self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self._server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+    def inbound(self, user_id: str) -> list[chatlog_pb.ChatMessage]:
+        with self.lock:
+            return [
+                m for m in self.messages.values()
+                if m.user.user_id == user_id and m.direction == chatlog_pb.DIRECTION_INBOUND
+            ]  # fmt: skip
