@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,16 +11,28 @@ from pathlib import Path
 from tests.support import free_port
 
 
-def _wait_for_ping(port: int, timeout: float = 20.0) -> None:
+def _wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> bool:
+    """True once the server answers; False if it exited (its port was taken)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
         ping = subprocess.run(
             ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
         )
         if ping.stdout.strip() == "PONG":
-            return
+            return True
         time.sleep(0.1)
     raise TimeoutError(f"redis on port {port} did not answer")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
@@ -28,7 +41,20 @@ class RedisServer:
     def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
-        self.port = port or free_port()
+        for _ in range(10):  # another process may take a free port before we bind it
+            self.port = port or free_port()
+            # A cluster node also listens on port + 10000 (its bus).
+            if (
+                cluster
+                and not port
+                and (self.port + 10000 > 65535 or not _is_free(self.port + 10000))
+            ):
+                continue
+            if self._start(workdir, cluster):
+                return
+        raise RuntimeError(f"redis-server did not start: see {self.dir / 'redis.log'}")
+
+    def _start(self, workdir: Path, cluster: bool) -> bool:
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -43,7 +69,7 @@ class RedisServer:
         if cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_ping(self.port)
+        return _wait_for_ping(self.port, self.proc)
 
     @property
     def url(self) -> str:

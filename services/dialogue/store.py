@@ -142,7 +142,7 @@ class StoreSettings:
     result_ttl_s: int = 48 * 3600
     slot_ttl_s: int = 24 * 3600
     # A user not seen progressing for this long is checked by the reaper.
-    stall_grace_s: float = 30.0
+    stall_grace_s: float = 5.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

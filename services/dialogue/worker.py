@@ -35,7 +35,7 @@ class WorkerSettings:
     max_attempts: int = 5
     retry_backoff_s: float = 0.5
     block_s: float = 30.0
-    sweep_interval_s: float = 10.0
+    sweep_interval_s: float = 3.0
 
 
 class Workers:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -57,8 +56,7 @@ class Replicas:
         return started
 
     def kill(self, process: ServiceProcess) -> None:
-        process.proc.send_signal(signal.SIGKILL)
-        process.proc.wait()
+        process.kill()
         self.processes.remove(process)
 
     def stop_all(self) -> None:
@@ -114,6 +112,9 @@ def _env(
         "TENANT_ID": TENANT,
         "DIALOGUE_PAGE_TOKEN_SECRET": "tests",
         "DIALOGUE_RETRY_BACKOFF_MS": "50",
+        # Quick takeover after a crash, so the fault tests stay short.
+        "DIALOGUE_STALL_GRACE_SECONDS": "1",
+        "DIALOGUE_SWEEP_SECONDS": "0.5",
         "LOG_LEVEL": "INFO",
     }
 
