@@ -8,7 +8,7 @@ Read from the YAML file named by ``TENANTS_FILE``::
         app_secret: ${ACME_APP_SECRET}          # ${NAME}: from the environment
         verify_token_file: /run/secrets/acme-verify   # NAME_file: from a file
         page_access_token: ${ACME_PAGE_TOKEN}
-        api_keys: [${ACME_API_KEY}]             # for the JSON channel
+        api_keys: ["${ACME_API_KEY}"]           # for the JSON channel
         domain: domains/acme.yml                # the bot's responses and actions
         nlu_model: models/acme.tar.gz           # optional: the default model otherwise
 

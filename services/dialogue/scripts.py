@@ -19,15 +19,19 @@ if redis.call('SET', KEYS[3], '1', 'NX') then return 2 end
 return 1
 """
 
-# KEYS: lease, fence, queue, sched. ARGV: holder, ttl (ms).
+# KEYS: lease, fence, queue, sched. ARGV: holder, ttl (ms), seed.
 # Returns the new fencing token, -1 when another worker holds the lease, 0
-# when there is nothing to do (and clears a stale schedule mark).
+# when there is nothing to do (and clears a stale schedule mark). A missing
+# counter starts from the seed (the time in microseconds), so tokens keep
+# growing even if Redis lost its data: the chatlog, which remembers the
+# highest token per user, never sees an old number again.
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[4])
   return 0
 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token

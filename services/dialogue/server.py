@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2, dialogue_service_pb2_grpc
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -97,14 +97,27 @@ async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
     the others fail fast (5 s) when Redis stops answering.
     """
     timeout = None if blocking else 5.0
-    single = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=timeout)
+    # A bounded pool that waits for a free connection instead of failing.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=1000 if blocking else 128,
+        timeout=5,
+        socket_connect_timeout=2,
+        socket_timeout=timeout,
+    )
+    single = Redis(connection_pool=pool)
     try:
         info = await single.info("cluster")
     except RedisError:
         info = {}
     if info.get("cluster_enabled") in (1, "1"):
         await single.aclose()
-        return RedisCluster.from_url(url, socket_connect_timeout=2, socket_timeout=timeout)
+        return RedisCluster.from_url(
+            url,
+            socket_connect_timeout=2,
+            socket_timeout=timeout,
+            max_connections=1000 if blocking else 128,
+        )
     return single
 
 

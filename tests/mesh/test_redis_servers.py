@@ -19,7 +19,7 @@ def test_cluster_spreads_slots_over_three_masters(redis_cluster: RedisCluster) -
     client = ClusterClient.from_url(redis_cluster.url)
     for i in range(30):
         client.set(f"user:{i}", i)
-    nodes = {client.get_node_from_key(f"user:{i}").port for i in range(30)}
+    nodes = {client.get_node_from_key(f"user:{i}").port for i in range(30)}  # type: ignore[no-untyped-call]
     assert len(nodes) == 3
     assert client.get("user:7") == b"7"
     client.close()
