@@ -22,9 +22,10 @@ return 1
 # KEYS: lease, fence, queue, sched. ARGV: holder, ttl (ms), seed.
 # Returns the new fencing token, -1 when another worker holds the lease, 0
 # when there is nothing to do (and clears a stale schedule mark). A missing
-# counter starts from the seed (the time in microseconds), so tokens keep
+# counter starts from the seed (the time in milliseconds), so tokens keep
 # growing even if Redis lost its data: the chatlog, which remembers the
-# highest token per user, never sees an old number again.
+# highest token per user, never sees an old number again. (Lua numbers are
+# doubles: the token is formatted with %d, never concatenated as a number.)
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[3]) == 0 then
@@ -33,7 +34,7 @@ if redis.call('LLEN', KEYS[3]) == 0 then
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', token), 'PX', ARGV[2])
 return token
 """
 

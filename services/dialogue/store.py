@@ -215,7 +215,7 @@ class DialogueStore:
         token = int(
             await self._acquire(
                 keys=[keys.lease, keys.fence, keys.queue, keys.sched],
-                args=[self.settings.holder, self.settings.lease_ms, _now_ms() * 1000],
+                args=[self.settings.holder, self.settings.lease_ms, _now_ms()],
             )
         )
         if token <= 0:

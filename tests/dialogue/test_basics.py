@@ -6,12 +6,14 @@ import json
 
 import grpc
 import pytest
+import redis
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
+from tests.redis_servers import RedisServer
 
 ACCEPTED = pb.SUBMIT_STATUS_ACCEPTED
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
@@ -340,3 +342,19 @@ def test_converse_deadline_leaves_the_message_to_be_processed_once(
     assert result.duplicate
     assert result.intent.name == "greet"
     assert keyword_nlu.calls.count("hello") == 1
+
+
+def test_large_fencing_tokens_keep_their_exact_value(
+    replicas: Replicas, graph_api: GraphApi, redis_server: RedisServer
+) -> None:
+    # Lua numbers are doubles: a token must never be formatted as one.
+    client = redis.Redis(port=redis_server.port)
+    client.set(f"dlg:{{t:{TENANT}:1:big}}:fence", 10**15)
+    client.close()
+    replicas.start(1)
+    stub = replicas.stub()
+    submit(stub, message_event("big", "m_big", "hello"))
+    wait_for(lambda: len(graph_api.sent) == 1)
+    state = stub.GetConversationState(pb.GetConversationStateRequest(user=user_ref("big"))).state
+    assert state.fencing_token == 10**15 + 1
+    assert state.last_processed_event_id == "m_big"
