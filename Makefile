@@ -119,7 +119,12 @@ run-nlu: train ## Serve the NLU service on NLU_PORT (50052).
 	PYTHONPATH=$(NLU_PATH) NLU_PORT=$(NLU_PORT) $(NLU_PY) -m services.nlu serve
 
 .PHONY: run
-run: run-nlu ## Start the whole stack (the services that exist so far).
+run: system-deps proto train ## Start the whole stack locally (Ctrl-C stops it).
+	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/chatbot run
+
+.PHONY: simulate
+simulate: $(GEN_PY)/.stamp ## Play Messenger against the running stack (`make run` first).
+	$(VENV)/bin/chatbot simulate
 
 # ---- checks ---------------------------------------------------------------
 

@@ -128,7 +128,8 @@ return n
 """
 
 # KEYS: lease, queue, sched. For the reaper: 1 busy (a lease is held), 0 idle
-# (nothing queued), 2 stranded (queued, nobody on it: schedule it again).
+# (nothing queued), 2 queued with nobody on it (waiting in the ready list, or
+# stranded by a crash: the reaper tells which).
 INSPECT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 if redis.call('LLEN', KEYS[2]) == 0 then

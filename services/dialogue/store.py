@@ -392,6 +392,9 @@ class DialogueStore:
                 await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)
             elif state == 0:
                 await self._forget(keys=[ACTIVE_INDEX], args=[member, score])
+            elif await self.redis.lpos(READY_LIST, user.member()) is not None:
+                # Waiting its turn behind a backlog: not stranded, look again later.
+                await self._touch(user, max(30.0, self.settings.stall_grace_s))
             else:
                 await self._touch(user, self.settings.stall_grace_s)
                 await self.redis.rpush(READY_LIST, user.member())
