@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.nlu_process import default_model, nlu_server
 from tests.redis_servers import RedisCluster, RedisServer
+
+__all__ = ["default_model", "nlu_server"]
 
 
 @pytest.fixture(scope="session")
