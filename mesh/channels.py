@@ -9,11 +9,13 @@ ClusterIP would not. The request id of the current call travels on as
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from mesh import tracing
 from mesh.logging import request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -26,19 +28,30 @@ class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        request_id = request_id_var.get()
-        if request_id:
-            metadata = list(client_call_details.metadata or [])
-            if not any(key == REQUEST_ID_HEADER for key, _ in metadata):
-                metadata.append((REQUEST_ID_HEADER, request_id))
-            client_call_details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                grpc.aio.Metadata(*metadata),
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-        return await continuation(client_call_details, request)
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        with tracing.span(name.lstrip("/"), kind="client", attributes={"rpc.system": "grpc"}):
+            request_id = request_id_var.get()
+            carrier: dict[str, str] = {}
+            tracing.inject(carrier)  # this client span becomes the server span's parent
+            if request_id or carrier:
+                metadata = list(client_call_details.metadata or [])
+                if request_id and not any(key == REQUEST_ID_HEADER for key, _ in metadata):
+                    metadata.append((REQUEST_ID_HEADER, request_id))
+                metadata += list(carrier.items())
+                client_call_details = grpc.aio.ClientCallDetails(
+                    client_call_details.method,
+                    client_call_details.timeout,
+                    grpc.aio.Metadata(*metadata),
+                    client_call_details.credentials,
+                    client_call_details.wait_for_ready,
+                )
+            call = await continuation(client_call_details, request)
+            # Wait inside the span so it covers the whole call; the caller
+            # awaits the finished call again for its result or error.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call
+            return call
 
 
 def open_channel(target: str) -> grpc.aio.Channel:

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mesh import tracing
 from mesh.logging import get_logger, request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_LATENCY
 
@@ -60,7 +61,13 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                response = await inner(request, context)
+                with tracing.span(
+                    f"{service}/{method}",
+                    parent={k: str(v) for k, v in metadata.items() if k == "traceparent"},
+                    kind="server",
+                    attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+                ):
+                    response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
             except asyncio.CancelledError:

@@ -44,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return 0
         configure_logging("dialogue")
+        from mesh.tracing import setup_tracing, shutdown_tracing
         from services.dialogue.server import DialogueSettings, serve
 
-        asyncio.run(serve(DialogueSettings.from_env(), tenants))
+        setup_tracing("dialogue")
+        try:
+            asyncio.run(serve(DialogueSettings.from_env(), tenants))
+        finally:
+            shutdown_tracing()
         return 0
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mesh import get_logger
+from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
 from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import OutboundChannel, SendError
@@ -241,7 +241,8 @@ class Processor:
             channel = self._channels.get(user.channel)
             if channel is not None:
                 await channel.typing(tenant, user.user_id)
-            result = await self._actions.run(spec, values)
+            with tracing.span(f"action.{spec.name}", kind="client"):
+                result = await self._actions.run(spec, values)
             values.update(result.values)
             specs = domain.choose(result.response, values, event.event_id, spec.responses)
             outcome.replies = [self._reply(s, values) for s in specs]
@@ -289,7 +290,8 @@ class Processor:
                 continue  # sent before a crash: never twice
             await self._store.ensure(lease)
             try:
-                await channel.send(tenant, lease.user.user_id, reply, in_reply_to)
+                with tracing.span("messenger.send", kind="client", attributes={"reply": index}):
+                    await channel.send(tenant, lease.user.user_id, reply, in_reply_to)
             except SendError as exc:
                 if not exc.permanent:
                     raise

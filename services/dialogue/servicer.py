@@ -20,7 +20,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
-from mesh import get_logger
+from mesh import get_logger, tracing
 from mesh.tenants import Tenants
 from services.dialogue import metrics
 from services.dialogue.clients import Chatlog
@@ -118,6 +118,7 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             kind="event",
             payload=event.SerializeToString(),
             enqueue_ms=int(time.time() * 1000),
+            traceparent=tracing.current_traceparent(),
         )
 
     async def _submit_all(

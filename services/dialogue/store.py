@@ -42,6 +42,8 @@ class QueueItem:
     payload: bytes
     enqueue_ms: int
     replay: bool = False
+    # The W3C trace context of the submission, so a trace covers the queue wait.
+    traceparent: str = ""
 
     def encode(self) -> str:
         return json.dumps(
@@ -51,6 +53,7 @@ class QueueItem:
                 "p": base64.b64encode(self.payload).decode(),
                 "t": self.enqueue_ms,
                 "r": self.replay,
+                "tp": self.traceparent,
             },
             separators=(",", ":"),
         )
@@ -64,6 +67,7 @@ class QueueItem:
             payload=base64.b64decode(data["p"]),
             enqueue_ms=int(data["t"]),
             replay=bool(data.get("r")),
+            traceparent=str(data.get("tp") or ""),
         )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from mesh import get_logger
+from mesh import get_logger, tracing
 from services.dialogue import metrics
 from services.dialogue.keys import UserId
 from services.dialogue.processor import RESULT_DEAD, Processor
@@ -145,7 +145,20 @@ class Workers:
                 continue
             started = time.perf_counter()
             try:
-                await self._processor.process(lease, head)
+                with tracing.span(
+                    "dialogue.process",
+                    parent={"traceparent": head.item.traceparent}
+                    if head.item.traceparent
+                    else None,
+                    kind="consumer",
+                    attributes={
+                        "chatbot.tenant": lease.user.tenant_id,
+                        "chatbot.item": head.item.item_id,
+                        "chatbot.fencing_token": lease.token,
+                        "chatbot.queue_wait_ms": int(time.time() * 1000) - head.item.enqueue_ms,
+                    },
+                ):
+                    await self._processor.process(lease, head)
             except (Fenced, asyncio.CancelledError):
                 raise
             except Exception as exc:

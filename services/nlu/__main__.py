@@ -64,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             configure_logging("nlu")
             from mesh.tenants import Tenants
+            from mesh.tracing import setup_tracing, shutdown_tracing
             from services.nlu.server import NluSettings, serve
 
-            asyncio.run(serve(NluSettings.from_env(), Tenants.from_env()))
+            setup_tracing("nlu")
+            try:
+                asyncio.run(serve(NluSettings.from_env(), Tenants.from_env()))
+            finally:
+                shutdown_tracing()
             return 0
         if args.command == "train":
             from services.nlu.training import ensure_model
