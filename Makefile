@@ -143,8 +143,12 @@ breaking: $(VENV)/.installed ## Check the contracts against main for breaking ch
 		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
 	else echo "==> buf breaking skipped: main has no contracts yet"; fi
 
+.PHONY: k8s-check
+k8s-check: $(VENV)/.installed ## Lint the Dockerfiles; render, validate and policy-scan the Kubernetes manifests.
+	bash scripts/k8s_check.sh
+
 .PHONY: test
-test: system-deps proto train lint breaking ## Install what is missing and run every test.
+test: system-deps proto train lint breaking k8s-check ## Install what is missing and run every test.
 	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest
 
 .PHONY: bench-chatlog bench-dialogue bench-gateway

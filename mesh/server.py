@@ -118,6 +118,10 @@ class MeshServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Clients re-resolve DNS only when a connection ends: ending
+                # them now and then spreads load onto new replicas.
+                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                ("grpc.max_connection_age_grace_ms", 30 * 1000),
             ],
         )
         self.health = health.aio.HealthServicer()

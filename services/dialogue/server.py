@@ -74,7 +74,7 @@ class DialogueSettings:
                 holder=holder,
                 lease_ms=env.integer("DIALOGUE_LEASE_MS", 10_000, minimum=100),
                 dedupe_ttl_s=env.integer("DIALOGUE_DEDUPE_TTL_SECONDS", 48 * 3600, minimum=1),
-                result_ttl_s=env.integer("DIALOGUE_RESULT_TTL_SECONDS", 48 * 3600, minimum=1),
+                result_ttl_s=env.integer("DIALOGUE_RESULT_TTL_SECONDS", 3600, minimum=1),
                 slot_ttl_s=env.integer("DIALOGUE_SLOT_TTL_SECONDS", 24 * 3600, minimum=1),
                 stall_grace_s=env.number("DIALOGUE_STALL_GRACE_SECONDS", 5.0),
             ),

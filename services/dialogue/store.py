@@ -143,7 +143,7 @@ class StoreSettings:
     holder: str
     lease_ms: int = 10_000
     dedupe_ttl_s: int = 48 * 3600
-    result_ttl_s: int = 48 * 3600
+    result_ttl_s: int = 3600
     slot_ttl_s: int = 24 * 3600
     # A user not seen progressing for this long is checked by the reaper.
     stall_grace_s: float = 5.0
