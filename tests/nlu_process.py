@@ -76,13 +76,19 @@ def nlu_server(
             }
         )
     )
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     server = ServiceProcess(
         [nlu_python(), "-m", "services.nlu", "serve"],
-        nlu_env(NLU_PORT=str(port), TENANTS_FILE=str(tenants), NLU_MAX_TEXT_LENGTH="500"),
+        nlu_env(
+            NLU_PORT=str(port),
+            TENANTS_FILE=str(tenants),
+            NLU_MAX_TEXT_LENGTH="500",
+            METRICS_PORT=str(metrics_port),
+        ),
         work / "nlu.log",
         port,
     )
+    server.metrics_port = metrics_port
     try:
         server.wait_for_status(SERVING, timeout=240)
         yield server

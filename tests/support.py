@@ -38,6 +38,7 @@ class ServiceProcess:
 
     def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path, port: int) -> None:
         self.port = port
+        self.metrics_port = 0
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -78,3 +79,15 @@ class ServiceProcess:
         if not self._log.closed:
             self._log.close()
         return self.proc.returncode
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A Prometheus endpoint's samples, keyed by name and labels as exposed."""
+    import httpx
+
+    samples: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples

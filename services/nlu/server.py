@@ -17,6 +17,7 @@ from mesh import Env, get_logger
 from mesh.metrics import serve_metrics
 from mesh.server import MeshServer
 from mesh.tenants import Tenants
+from services.nlu import metrics
 from services.nlu.backend import NluBackend, RasaBackend
 from services.nlu.registry import ModelRegistry
 from services.nlu.servicer import Limits, NluServicer
@@ -78,14 +79,18 @@ async def load_models(
         )
         return
     _log.info("loading the default model", extra={"model_path": str(settings.model_path)})
-    registry.set_default(await _load(settings.model_path))
+    default = await _load(settings.model_path)
+    registry.set_default(default)
+    metrics.MODEL.labels("", default.info.version).set(1)
     # Serve only once every tenant's model is in: a replica that reports
     # SERVING can answer every tenant.
     for tenant in tenants:
         if not tenant.nlu_model:
             continue
         try:
-            registry.set_tenant_model(tenant.id, await _load(Path(tenant.nlu_model)))
+            own = await _load(Path(tenant.nlu_model))
+            registry.set_tenant_model(tenant.id, own)
+            metrics.MODEL.labels(tenant.id, own.info.version).set(1)
             _log.info("tenant model loaded", extra={"tenant": tenant.id})
         except Exception:
             _log.exception("tenant model failed to load", extra={"tenant": tenant.id})

@@ -7,6 +7,7 @@ Rasa graph run over many messages costs less than one run per message.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -17,6 +18,7 @@ from chatbot.nlu.v1 import nlu_service_pb2, nlu_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh import get_logger
+from services.nlu import metrics
 from services.nlu.backend import NluBackend, ParseResult
 from services.nlu.registry import ModelNotReady, ModelRegistry, UnknownTenant
 
@@ -92,6 +94,8 @@ class _Batcher:
     @staticmethod
     async def _run(chunk: list[tuple[NluBackend, str, asyncio.Future[ParseResult]]]) -> None:
         backend = chunk[0][0]
+        metrics.BATCH_SIZE.observe(len(chunk))
+        started = time.perf_counter()
         try:
             results = await asyncio.to_thread(backend.parse_many, [text for _, text, _ in chunk])
         except Exception as exc:
@@ -99,7 +103,9 @@ class _Batcher:
                 if not future.done():
                     future.set_exception(exc)
             return
+        metrics.PARSE_SECONDS.observe(time.perf_counter() - started)
         for (_, _, future), result in zip(chunk, results, strict=True):
+            metrics.TEXTS.labels("fallback" if result.is_fallback else "understood").inc()
             if not future.done():
                 future.set_result(result)
 

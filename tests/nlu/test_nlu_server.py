@@ -16,7 +16,7 @@ from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
 from tests.nlu_process import nlu_env, nlu_python
-from tests.support import REPO, ServiceProcess, free_port, health_status
+from tests.support import REPO, ServiceProcess, free_port, health_status, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -217,3 +217,27 @@ def test_evaluation_on_held_out_examples(
     with capsys.disabled():
         print("\n" + table)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_metrics_count_parses_batches_and_the_model(
+    stub: nlu_service_pb2_grpc.NluServiceStub, nlu_server: ServiceProcess
+) -> None:
+    before = scrape(nlu_server.metrics_port)
+    stub.Parse(pb.ParseRequest(text="hello there"))
+    stub.Parse(pb.ParseRequest(text="zxqv plorf wug"))
+    after = scrape(nlu_server.metrics_port)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta('nlu_texts_parsed_total{outcome="understood"}') >= 1
+    assert delta("nlu_batch_texts_count") >= 2
+    assert (
+        delta(
+            'grpc_server_handled_total{grpc_code="OK",grpc_method="Parse",'
+            'grpc_service="chatbot.nlu.v1.NluService"}'
+        )
+        == 2
+    )
+    version = stub.GetModel(pb.GetModelRequest()).model_version
+    assert after[f'nlu_model_info{{tenant="",version="{version}"}}'] == 1
