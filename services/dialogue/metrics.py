@@ -25,3 +25,17 @@ READY_USERS = Gauge("dialogue_ready_users", "Users waiting in the ready list (sa
 RESCHEDULED = Counter(
     "dialogue_users_rescheduled_total", "Users the reaper found stranded and scheduled again."
 )
+ACTIVE_USERS = Gauge(
+    "dialogue_active_users", "Users with queued or in-flight items, all replicas (sampled)."
+)
+STAGE_SECONDS = Histogram(
+    "dialogue_stage_seconds",
+    "Time spent in each stage of processing an item.",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SEND_RESULTS = Counter(
+    "dialogue_send_results_total",
+    "Send API calls by outcome: ok, or the error code Meta returned.",
+    ["outcome"],
+)

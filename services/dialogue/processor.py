@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
+from services.dialogue import metrics
 from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import OutboundChannel, SendError
 from services.dialogue.clients import Chatlog, Nlu, NluUnavailable, Understanding
@@ -150,7 +151,8 @@ class Processor:
             )
         if records:
             await self._store.ensure(lease)
-            await self._chatlog.append(records)
+            with metrics.STAGE_SECONDS.labels("chatlog").time():
+                await self._chatlog.append(records)
 
         await self._send(lease, tenant, head, outcome.replies, event.event_id)
 
@@ -199,7 +201,10 @@ class Processor:
             )
         elif text.strip() or payload:
             try:
-                outcome.understanding = await self._nlu.parse(text.strip() or payload, tenant.id)
+                with metrics.STAGE_SECONDS.labels("nlu").time():
+                    outcome.understanding = await self._nlu.parse(
+                        text.strip() or payload, tenant.id
+                    )
             except NluUnavailable as exc:
                 _log.warning(
                     "NLU unavailable: answering with nlu_unavailable", extra={"error": str(exc)}
@@ -241,7 +246,10 @@ class Processor:
             channel = self._channels.get(user.channel)
             if channel is not None:
                 await channel.typing(tenant, user.user_id)
-            with tracing.span(f"action.{spec.name}", kind="client"):
+            with (
+                tracing.span(f"action.{spec.name}", kind="client"),
+                metrics.STAGE_SECONDS.labels("action").time(),
+            ):
                 result = await self._actions.run(spec, values)
             values.update(result.values)
             specs = domain.choose(result.response, values, event.event_id, spec.responses)
@@ -290,9 +298,14 @@ class Processor:
                 continue  # sent before a crash: never twice
             await self._store.ensure(lease)
             try:
-                with tracing.span("messenger.send", kind="client", attributes={"reply": index}):
+                with (
+                    tracing.span("messenger.send", kind="client", attributes={"reply": index}),
+                    metrics.STAGE_SECONDS.labels("send").time(),
+                ):
                     await channel.send(tenant, lease.user.user_id, reply, in_reply_to)
+                metrics.SEND_RESULTS.labels("ok").inc()
             except SendError as exc:
+                metrics.SEND_RESULTS.labels(str(exc.code or "unreachable")).inc()
                 if not exc.permanent:
                     raise
                 _log.warning(

@@ -196,6 +196,7 @@ class Workers:
                     metrics.RESCHEDULED.inc(rescheduled)
                     _log.info("rescheduled stranded users", extra={"users": rescheduled})
                 metrics.READY_USERS.set(await self._store.ready_length())
+                metrics.ACTIVE_USERS.set(await self._store.active_count())
             except RedisError as exc:
                 _log.warning("reaper cannot reach Redis", extra={"error": repr(exc)})
             await asyncio.sleep(self._settings.sweep_interval_s)

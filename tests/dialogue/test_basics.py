@@ -14,6 +14,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 from tests.redis_servers import RedisServer
+from tests.support import free_port, scrape
 
 ACCEPTED = pb.SUBMIT_STATUS_ACCEPTED
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
@@ -46,10 +47,15 @@ def test_a_message_is_answered_logged_and_deduplicated(
     outbound = recording_chatlog.messages[(TENANT, "m_1:r0")]
     assert outbound.in_reply_to == "m_1"
     assert outbound.direction == chatlog_pb.DIRECTION_OUTBOUND
-    state = stub.GetConversationState(pb.GetConversationStateRequest(user=user_ref("u1")))
-    assert state.state.queue_length == 0
-    assert state.state.last_processed_event_id == "m_1"
-    assert not state.state.lease_holder
+
+    # The reply goes out before the head is dequeued and the lease released.
+    def state() -> pb.ConversationState:
+        request = pb.GetConversationStateRequest(user=user_ref("u1"))
+        return stub.GetConversationState(request).state
+
+    wait_for(lambda: not state().lease_holder)
+    assert state().queue_length == 0
+    assert state().last_processed_event_id == "m_1"
 
 
 def test_converse_returns_the_replies_and_remembers_them(replicas: Replicas) -> None:
@@ -358,3 +364,20 @@ def test_large_fencing_tokens_keep_their_exact_value(
     state = stub.GetConversationState(pb.GetConversationStateRequest(user=user_ref("big"))).state
     assert state.fencing_token == 10**15 + 1
     assert state.last_processed_event_id == "m_big"
+
+
+def test_metrics_follow_the_traffic(replicas: Replicas, graph_api: GraphApi) -> None:
+    port = free_port()
+    replicas.start(1, METRICS_PORT=str(port))
+    stub = replicas.stub()
+    submit(stub, message_event("metered", "m_me1", "hello"))
+    submit(stub, message_event("metered", "m_me1", "hello"))
+    wait_for(lambda: len(graph_api.sent) == 1)
+    wait_for(lambda: scrape(port).get('dialogue_items_processed_total{kind="event"}', 0) == 1)
+    samples = scrape(port)
+    assert samples['dialogue_events_submitted_total{outcome="accepted"}'] == 1
+    assert samples['dialogue_events_submitted_total{outcome="duplicate"}'] == 1
+    assert samples['dialogue_send_results_total{outcome="ok"}'] == 1
+    for stage in ("nlu", "chatlog", "send"):
+        assert samples[f'dialogue_stage_seconds_count{{stage="{stage}"}}'] == 1
+    assert samples["dialogue_active_leases"] == 0
