@@ -165,6 +165,21 @@ bench-gateway: $(GEN_PY)/.stamp ## Benchmark the gateway's webhook acknowledgeme
 bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.
 	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m bench.nlu
 
+# ---- documentation --------------------------------------------------------
+
+DOCS_DOT := $(sort $(wildcard docs/pictures/*.dot) docs/pictures/message-sequence.dot docs/pictures/lease-fencing.dot)
+
+# The two sequence pictures are generated (Graphviz has no sequence diagrams).
+docs/pictures/message-sequence.dot docs/pictures/lease-fencing.dot: docs/pictures/sequences.py
+	$(PYTHON) docs/pictures/sequences.py
+
+docs/pictures/%.svg: docs/pictures/%.dot
+	@command -v dot >/dev/null || { echo "error: Graphviz is missing (apt-get install graphviz)"; exit 1; }
+	dot -Tsvg $< -o $@
+
+.PHONY: docs
+docs: $(DOCS_DOT:.dot=.svg) ## Render the pictures of docs/ (Graphviz .dot to .svg).
+
 .PHONY: clean
 clean: ## Remove generated files (keeps the shared cache).
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
