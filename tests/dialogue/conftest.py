@@ -31,6 +31,7 @@ class Replicas:
         self.workdir = workdir
         self.env = env
         self.processes: list[ServiceProcess] = []
+        self._stubs: dict[int, dialogue_service_pb2_grpc.DialogueServiceStub] = {}
 
     def start(self, count: int = 1, **overrides: str) -> list[ServiceProcess]:
         started = []
@@ -65,8 +66,16 @@ class Replicas:
         self.processes.clear()
 
     def stub(self, index: int = 0) -> dialogue_service_pb2_grpc.DialogueServiceStub:
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.processes[index].port}")
-        return dialogue_service_pb2_grpc.DialogueServiceStub(channel)
+        return self.stub_for(self.processes[index])
+
+    def stub_for(self, process: ServiceProcess) -> dialogue_service_pb2_grpc.DialogueServiceStub:
+        stub = self._stubs.get(process.port)
+        if stub is None:
+            channel = grpc.insecure_channel(f"127.0.0.1:{process.port}")
+            stub = self._stubs[process.port] = dialogue_service_pb2_grpc.DialogueServiceStub(
+                channel
+            )
+        return stub
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import grpc
 import pytest
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
@@ -35,10 +36,22 @@ def play(
     """Each user sends ``messages`` in order; every event is submitted 1-3 times,
     from concurrent clients, to random replicas. Returns the expected mids per user."""
     expected = {f"user{u}": [f"m_{u}_{i}" for i in range(messages)] for u in range(users)}
-    stubs = [replicas.stub(i) for i in range(len(replicas.processes))]
     names = list(expected)
     rng = random.Random(7)
     errors: list[BaseException] = []
+
+    def deliver(local: random.Random, event: event_pb2.ChatEvent) -> None:
+        # Like Messenger: a delivery that fails (a replica just died) is retried.
+        for _ in range(50):
+            process = local.choice(list(replicas.processes))
+            try:
+                submit(replicas.stub_for(process), event)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError(f"{event.event_id} never accepted")
 
     def client(index: int) -> None:
         local = random.Random(index)
@@ -47,7 +60,7 @@ def play(
                 for i, mid in enumerate(expected[name]):
                     event = message_event(name, mid, TEXTS[(i + len(name)) % len(TEXTS)])
                     for _ in range(local.randint(1, 3)):
-                        submit(local.choice(stubs), event)
+                        deliver(local, event)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
