@@ -232,8 +232,8 @@ def local_env() -> tuple[dict[str, str], list[str]]:
             f"admin login: {env['ADMIN_USERNAME']} / {env['ADMIN_PASSWORD']} "
             "(set ADMIN_USERNAME and ADMIN_PASSWORD to choose)"
         )
-    env.setdefault("DIALOGUE_PAGE_TOKEN_SECRET", "local-stack")
-    env.setdefault("CHATLOG_PAGE_TOKEN_SECRET", "local-stack")
+    env.setdefault("DIALOGUE_PAGE_TOKEN_SECRET", "local-stack-page-tokens")
+    env.setdefault("CHATLOG_PAGE_TOKEN_SECRET", "local-stack-page-tokens")
     env.setdefault("RASA_TELEMETRY_ENABLED", "false")
     return env, notes
 

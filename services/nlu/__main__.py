@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from mesh import ConfigError, configure_logging
@@ -60,6 +61,12 @@ def _add_model_inputs(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
+    # TensorFlow's C++ info lines and the dependencies' deprecation warnings
+    # drown the service's own log; LOG_LEVEL=DEBUG brings them back.
+    if os.environ.get("LOG_LEVEL", "").upper() != "DEBUG":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
     try:
         if args.command == "serve":
             configure_logging("nlu")
