@@ -223,7 +223,7 @@ def local_env() -> tuple[dict[str, str], list[str]]:
         env.setdefault("MESSENGER_GRAPH_API_URL", "http://127.0.0.1:8091/v21.0")
         notes.append(
             "local page: app secret 'local-app-secret', verify token 'local-verify-token'; "
-            "replies go to http://127.0.0.1:8091 (run `chatbot simulate` to see them)"
+            f"replies go to {env['MESSENGER_GRAPH_API_URL']} (`chatbot simulate` shows them)"
         )
     if not env.get("ADMIN_USERNAME"):
         env["ADMIN_USERNAME"] = "admin"
