@@ -55,6 +55,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start: see {self.dir / 'redis.log'}")
 
     def _start(self, workdir: Path, cluster: bool) -> bool:
+        self._cluster = cluster
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -74,6 +75,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stops (SIGTERM: the append-only file is flushed) and starts again on the same port."""
+        self.stop()
+        time.sleep(down_s)
+        if not self._start(self.dir.parent, self._cluster):
+            raise RuntimeError(f"redis-server did not restart on {self.port}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

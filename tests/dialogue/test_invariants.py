@@ -19,6 +19,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
+from tests.redis_servers import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -200,3 +201,29 @@ def test_a_chatty_user_does_not_starve_a_quiet_one(replicas: Replicas, graph_api
     recipients = [m.recipient for m in graph_api.sent]
     waited_behind = recipients.index("quiet") - submitted_at
     assert waited_behind <= 1, f"the quiet user waited behind {waited_behind} messages"
+
+
+def test_redis_restart_with_append_only_file_loses_nothing(
+    replicas: Replicas, graph_api: GraphApi, redis_server: RedisServer
+) -> None:
+    graph_api.delay_s = 0.02
+    replicas.start(2, DIALOGUE_LEASE_MS="1500")
+    restarted: list[bool] = []
+
+    def restart_redis(_: int) -> None:
+        time.sleep(1.0)
+        redis_server.restart(down_s=2.0)
+        restarted.append(True)
+
+    expected = play(replicas, users=30, messages=10, clients=4, during=restart_redis)
+    assert restarted
+    replies = graph_api.replies_by_user
+    wait_for(
+        lambda: all(collapse(replies()[u])[0] == m for u, m in expected.items()),
+        timeout=300,
+        interval=0.5,
+    )
+    for user, mids in expected.items():
+        sequence, repeats = collapse(replies()[user])
+        assert sequence == mids, user
+        assert repeats <= 1, user  # a reply sent while Redis went away may go out again
