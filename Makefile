@@ -91,10 +91,16 @@ train: $(GEN_NLU)/.stamp ## Train the NLU model (cached by content: retrains onl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: system-deps
-system-deps: ## Install the system packages the stack needs when missing (redis-server).
+system-deps: ## Install the system packages the stack and its tests need when missing.
 	@command -v redis-server >/dev/null || { \
 		echo "==> installing redis-server from Debian"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	@command -v chromium >/dev/null || { \
+		echo "==> installing chromium from Debian (the admin console's browser tests)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	@command -v dot >/dev/null || { \
+		echo "==> installing graphviz from Debian (make docs)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz; }
 
 # ---- running --------------------------------------------------------------
 
@@ -134,7 +140,7 @@ lint: proto ## Lint the contracts (buf), the code (ruff) and the types (mypy).
 	$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	MYPYPATH=$(GEN_PY) $(VENV)/bin/mypy mesh services tests
+	MYPYPATH=$(GEN_PY) $(VENV)/bin/mypy mesh services tests cli
 
 .PHONY: breaking
 breaking: $(VENV)/.installed ## Check the contracts against main for breaking changes.

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli import REPO
+from cli.users import users_app
 
 app = typer.Typer(
     help="Run the chatbot stack locally, play Messenger against it, and operate it.",
@@ -19,6 +20,7 @@ app = typer.Typer(
 dead_letters = typer.Typer(help="Inspect and replay messages that failed for good.")
 tenants_app = typer.Typer(help="Check the tenants configuration.")
 app.add_typer(dead_letters, name="dead-letters")
+app.add_typer(users_app, name="users")
 app.add_typer(tenants_app, name="tenants")
 
 

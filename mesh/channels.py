@@ -64,6 +64,9 @@ def open_channel(target: str) -> grpc.aio.Channel:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.enable_retries", 1),
+            # Back within seconds after a peer's outage (gRPC's default waits up to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ],
         interceptors=[_RequestIdInterceptor()],
     )

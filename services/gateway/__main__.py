@@ -1,0 +1,62 @@
+"""python -m services.gateway: serve the gateway (Messenger webhook, JSON channel)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mesh import ConfigError, configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.gateway",
+        description="The gateway: the Messenger webhook, the JSON channel for other "
+        "clients, authentication and rate limits, in front of the dialogue service.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve",
+        help="serve HTTP on GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8080)",
+        description="Serve /webhooks/messenger, /api/v1/messages, /healthz, /readyz and "
+        "/metrics on GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8080). Events go to "
+        "DIALOGUE_ADDRESS (127.0.0.1:50051); /readyz also asks CHATLOG_ADDRESS "
+        "(127.0.0.1:50053) and NLU_ADDRESS (127.0.0.1:50052). Tenants come from "
+        "TENANTS_FILE, or one from MESSENGER_APP_SECRET, MESSENGER_VERIFY_TOKEN, PAGE_ID "
+        "and API_KEYS. Rate limits are counted in REDIS_URL. Tuning: GATEWAY_MAX_BODY_BYTES "
+        "(1 MiB), GATEWAY_SUBMIT_TIMEOUT (3 s), GATEWAY_CONVERSE_TIMEOUT (10 s), "
+        "GATEWAY_USER_RATE_LIMIT (30) and GATEWAY_TENANT_RATE_LIMIT (1200) per "
+        "GATEWAY_RATE_LIMIT_WINDOW (60 s), GATEWAY_READY_REQUIRES (dialogue,chatlog,nlu). "
+        "The admin console is at /admin (its JSON API at /api/admin), behind a login: "
+        "ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) create the first "
+        "administrator; `chatbot users add` adds more.",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        configure_logging("gateway")
+        from mesh.tenants import Tenants
+        from mesh.tracing import setup_tracing, shutdown_tracing
+        from services.gateway.server import build_app, serve
+        from services.gateway.settings import GatewaySettings
+
+        try:
+            settings, tenants = GatewaySettings.from_env(), Tenants.from_env()
+            app = build_app(settings, tenants)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        setup_tracing("gateway")
+        try:
+            serve(settings, tenants, app)
+        finally:
+            shutdown_tracing()
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The admin console of the gateway: pages at ``/admin``, a JSON API at ``/api/admin``.
+
+Administrators sign in (users in Redis, scrypt hashes, sessions with CSRF
+tokens, lockout after failed logins), then read the conversations of the
+tenants granted to them, follow transcripts live, look at stats, replay dead
+letters, take conversations over and answer as agents, and export training
+data. See `create_admin_app` for mounting it into the gateway.
+"""
+
+from services.gateway.admin.app import AdminConsole, create_admin_app
+from services.gateway.admin.auth import Identity, SessionAuthenticator
+from services.gateway.admin.backends import (
+    Backends,
+    GrpcAdminBackends,
+    StaticBackends,
+    connect_redis,
+)
+from services.gateway.admin.pages import API_PREFIX, PAGES_PREFIX
+from services.gateway.admin.settings import AdminSettings
+from services.gateway.admin.users import ROLE_ADMIN, ROLE_VIEWER, User, UserStore
+
+__all__ = [
+    "API_PREFIX",
+    "PAGES_PREFIX",
+    "ROLE_ADMIN",
+    "ROLE_VIEWER",
+    "AdminConsole",
+    "AdminSettings",
+    "Backends",
+    "GrpcAdminBackends",
+    "Identity",
+    "SessionAuthenticator",
+    "StaticBackends",
+    "User",
+    "UserStore",
+    "connect_redis",
+    "create_admin_app",
+]

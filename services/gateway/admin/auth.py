@@ -1,0 +1,163 @@
+"""Who is signed in to the console, and the checks every request goes through.
+
+`SessionAuthenticator` reads the session cookie and answers the gateway's
+`Principal` (subject ``admin:<name>``, scheme ``session``, the tenants granted
+and the role), so it fits `services.gateway.auth.Authenticator` and can join
+the gateway's chain. The console itself uses `identify`, which also gives the
+user and the session (for its CSRF token).
+
+Cookies are ``HttpOnly; SameSite=Strict; Path=/``, and ``Secure`` over https
+(named ``__Host-...`` then, which the browser binds to this host). Every
+POST carries the session's CSRF token (form field ``csrf_token`` or header
+``X-CSRF-Token``), compared in constant time; a POST whose ``Origin`` names
+another site is refused before that.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from services.gateway.admin.errors import CsrfRejected, Forbidden, NotFound
+from services.gateway.admin.sessions import Session, SessionStore
+from services.gateway.admin.settings import AdminSettings
+from services.gateway.admin.users import ROLE_ADMIN, User, UserStore
+from services.gateway.auth import AuthenticationFailed, Principal
+
+SCHEME_SESSION = "session"
+COOKIE = "chatbot_admin"
+SECURE_COOKIE = "__Host-chatbot_admin"
+LOGIN_COOKIE = "chatbot_admin_login"
+SECURE_LOGIN_COOKIE = "__Host-chatbot_admin_login"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: User
+    session: Session
+    principal: Principal
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == ROLE_ADMIN
+
+    @property
+    def tenants(self) -> list[str]:
+        return sorted(self.principal.tenant_ids)
+
+    def require_tenant(self, tenant_id: str) -> str:
+        """``tenant_id`` when granted; NotFound otherwise (its existence stays hidden)."""
+        if not self.principal.can_access(tenant_id):
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return tenant_id
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("this needs the admin role")
+
+
+def secure_cookies(settings: AdminSettings, conn: HTTPConnection) -> bool:
+    if settings.cookie_secure == "auto":
+        return conn.url.scheme in ("https", "wss")
+    return settings.cookie_secure == "true"
+
+
+def cookie_value(conn: HTTPConnection, plain: str, secure: str) -> str:
+    return conn.cookies.get(secure) or conn.cookies.get(plain) or ""
+
+
+def set_cookie(
+    response: Response,
+    settings: AdminSettings,
+    conn: HTTPConnection,
+    names: tuple[str, str],
+    value: str,
+    max_age: int | None,
+) -> None:
+    secure = secure_cookies(settings, conn)
+    response.set_cookie(
+        names[1] if secure else names[0],
+        value,
+        max_age=max_age,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def clear_cookie(
+    response: Response, settings: AdminSettings, conn: HTTPConnection, names: tuple[str, str]
+) -> None:
+    secure = secure_cookies(settings, conn)
+    response.delete_cookie(
+        names[1] if secure else names[0],
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+class SessionAuthenticator:
+    def __init__(self, users: UserStore, sessions: SessionStore, tenants: Iterable[str]) -> None:
+        self._users = users
+        self._sessions = sessions
+        self._tenants = frozenset(tenants)
+
+    async def identify(self, conn: HTTPConnection) -> Identity | None:
+        token = cookie_value(conn, COOKIE, SECURE_COOKIE)
+        if not token:
+            return None
+        session = await self._sessions.load(token)
+        if session is None:
+            return None
+        user = await self._users.get(session.username)
+        if user is None or user.generation != session.generation:
+            await self._sessions.delete(session)  # the user changed or was removed
+            return None
+        roles = {user.role} | ({"viewer"} if user.role == ROLE_ADMIN else set())
+        principal = Principal(
+            subject=f"admin:{user.name}",
+            scheme=SCHEME_SESSION,
+            tenant_ids=user.granted(self._tenants),
+            roles=frozenset(roles),
+        )
+        return Identity(user=user, session=session, principal=principal)
+
+    async def authenticate(self, conn: HTTPConnection) -> Principal | None:
+        """The gateway's `Authenticator` interface."""
+        if not cookie_value(conn, COOKIE, SECURE_COOKIE):
+            return None
+        identity = await self.identify(conn)
+        if identity is None:
+            raise AuthenticationFailed("the session is not valid")
+        return identity.principal
+
+
+def same_origin(request: Request) -> bool:
+    """False when ``Origin`` (or, without it, ``Referer``) names another site."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        return origin is None
+    host = request.headers.get("host", "")
+    scheme, _, rest = origin.partition("://")
+    return rest.split("/", 1)[0] == host and scheme in ("http", "https")
+
+
+def check_csrf(request: Request, expected: str, form: dict[str, str] | None) -> None:
+    if not same_origin(request):
+        raise CsrfRejected("the request came from another site")
+    given = request.headers.get(CSRF_HEADER) or (form or {}).get(CSRF_FIELD) or ""
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise CsrfRejected("the CSRF token is missing or wrong; reload the page")

@@ -1,0 +1,511 @@
+"""The console's HTML pages under ``/admin``: server-rendered, usable without script."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import secrets
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from mesh import get_logger
+from services.gateway.admin import params, stats_view
+from services.gateway.admin.auth import (
+    COOKIE,
+    LOGIN_COOKIE,
+    SECURE_COOKIE,
+    SECURE_LOGIN_COOKIE,
+    Identity,
+    check_csrf,
+    clear_cookie,
+    cookie_value,
+    same_origin,
+    set_cookie,
+)
+from services.gateway.admin.errors import (
+    AdminError,
+    BackendUnavailable,
+    BadInput,
+    CsrfRejected,
+    LockedOut,
+    NotFound,
+)
+from services.gateway.admin.guard import identity
+from services.gateway.admin.service import ConversationFilter, ExportFilter
+from services.gateway.admin.summaries import event_summary
+
+if TYPE_CHECKING:
+    from services.gateway.admin.app import AdminConsole
+
+API_PREFIX = "/api/admin"
+PAGES_PREFIX = "/admin"
+SECTIONS = ("conversations", "handoffs", "stats", "dead-letters", "training-data")
+SEARCH_DAYS = 7
+NOTICES = {
+    "signed-out": "You are signed out.",
+    "taken": "You have this conversation now: the bot stays silent until you hand it back.",
+    "released": "The bot answers this conversation again.",
+    "sent": "Your message was sent.",
+    "replayed": "The event is queued again.",
+}
+_log = get_logger("gateway.admin")
+_HEADINGS = {
+    400: "That request cannot be answered",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Not possible now",
+    429: "Too many attempts",
+    503: "A service is unavailable",
+    504: "A service is too slow",
+}
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+class Pages:
+    def __init__(self, console: AdminConsole) -> None:
+        self._console = console
+
+    # ---- plumbing ----------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.home, methods=["GET"]),
+            Route("/login", self.login_form, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/t/{tenant}/conversations", self.conversations, methods=["GET"]),
+            Route("/t/{tenant}/conversation", self.transcript, methods=["GET"]),
+            Route("/t/{tenant}/handoff", self.handoff, methods=["POST"]),
+            Route("/t/{tenant}/reply", self.reply, methods=["POST"]),
+            Route("/t/{tenant}/handoffs", self.handoffs, methods=["GET"]),
+            Route("/t/{tenant}/stats", self.stats, methods=["GET"]),
+            Route("/t/{tenant}/dead-letters", self.dead_letters, methods=["GET"]),
+            Route("/t/{tenant}/dead-letters/replay", self.replay, methods=["POST"]),
+            Route("/t/{tenant}/training-data", self.training, methods=["GET"]),
+            Mount("/static", app=StaticFiles(packages=[("services.gateway.admin", "static")])),
+        ]
+
+    def _html(
+        self,
+        conn: HTTPConnection,
+        template: str,
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
+        who = conn.scope.get("chatbot.admin.identity")
+        done = conn.query_params.get("done", "")
+        body = self._console.renderer.page(
+            template,
+            who=who,
+            pages=PAGES_PREFIX,
+            api=API_PREFIX,
+            notice=NOTICES.get(done, ""),
+            **context,
+        )
+        return HTMLResponse(body, status_code=status)
+
+    def error_page(self, conn: HTTPConnection, error: AdminError) -> Response:
+        status = error.status if error.status in _HEADINGS else 500
+        message = str(error) if status != 500 else "Something went wrong; it was logged."
+        if status == 500:
+            _log.error("console error", exc_info=error)
+        tenant = conn.path_params.get("tenant", "") if hasattr(conn, "path_params") else ""
+        who = conn.scope.get("chatbot.admin.identity")
+        if not isinstance(who, Identity) or tenant not in who.tenants:
+            tenant = ""
+        return self._html(
+            conn,
+            "error.html",
+            status=status,
+            heading=_HEADINGS.get(status, "Something went wrong"),
+            message=message,
+            tenant=tenant,
+            section="",
+        )
+
+    def _tenant(self, request: Request) -> tuple[Identity, str]:
+        who = identity(request)
+        return who, who.require_tenant(request.path_params["tenant"])
+
+    async def _post_form(self, request: Request, who: Identity) -> dict[str, str]:
+        form = await params.form(request)
+        check_csrf(request, who.session.csrf_token, form)
+        return form
+
+    @staticmethod
+    def _redirect(path: str, **query: str) -> RedirectResponse:
+        clean = {k: v for k, v in query.items() if v}
+        return RedirectResponse(
+            PAGES_PREFIX + path + (f"?{urlencode(clean)}" if clean else ""), status_code=303
+        )
+
+    # ---- signing in and out ------------------------------------------------
+
+    @staticmethod
+    def _safe_next(target: str) -> str:
+        if (
+            target.startswith(PAGES_PREFIX + "/")
+            and not target.startswith("//")
+            and not any(c in target for c in "\\\r\n")
+        ):
+            return target
+        return PAGES_PREFIX + "/"
+
+    async def login_form(self, request: Request) -> Response:
+        next_page = self._safe_next(request.query_params.get("next", ""))
+        if request.scope.get("chatbot.admin.identity") is not None:
+            return RedirectResponse(next_page, status_code=303)
+        return self._login_page(request, next_page)
+
+    def _login_page(
+        self, request: Request, next_page: str, *, problem: str = "", username: str = "",
+        status: int = 200,
+    ) -> Response:  # fmt: skip
+        token = secrets.token_urlsafe(24)
+        response = self._html(
+            request,
+            "login.html",
+            status=status,
+            login_token=token,
+            next=next_page,
+            problem=problem,
+            username=username,
+            tenant="",
+            section="",
+        )
+        settings = self._console.settings
+        set_cookie(response, settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE), token, 3600)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        console = self._console
+        form = await params.form(request)
+        next_page = self._safe_next(form.get("next", ""))
+        username = form.get("username", "").strip()[:64]
+        password = form.get("password", "")
+        expected = cookie_value(request, LOGIN_COOKIE, SECURE_LOGIN_COOKIE)
+        given = form.get("csrf_token", "")
+        if (
+            not same_origin(request)
+            or not expected
+            or not hmac.compare_digest(given.encode(), expected.encode())
+        ):
+            return self._login_page(
+                request,
+                next_page,
+                problem="The sign-in form expired; please try again.",
+                username=username,
+                status=403,
+            )
+        address = request.client.host if request.client else "unknown"
+        auth = console.auth
+        if await auth.throttle.locked(username, address):
+            _log.warning("login refused: locked", extra={"client": address})
+            minutes = max(1, console.settings.lockout_window_seconds // 60)
+            return self._login_page(
+                request,
+                next_page,
+                problem=f"Too many failed sign-ins. Try again in {minutes} minutes.",
+                username=username,
+                status=LockedOut.status,
+            )
+        user = await auth.users.authenticate(username, password) if username else None
+        if user is None:
+            await auth.throttle.failed(username, address)
+            known = await auth.users.get(username) is not None if username else False
+            _log.warning(
+                "login failed",
+                extra={"user": username if known else "(unknown user)", "client": address},
+            )
+            return self._login_page(
+                request,
+                next_page,
+                problem="The user name or the password is wrong.",
+                username=username,
+                status=401,
+            )
+        await auth.throttle.succeeded(username)
+        old = cookie_value(request, COOKIE, SECURE_COOKIE)
+        if old:
+            previous = await auth.sessions.load(old)
+            if previous is not None:
+                await auth.sessions.delete(previous)
+        token, _ = await auth.sessions.create(user.name, user.generation)
+        _log.info("login", extra={"user": user.name, "client": address})
+        response = RedirectResponse(next_page, status_code=303)
+        set_cookie(
+            response,
+            console.settings,
+            request,
+            (COOKIE, SECURE_COOKIE),
+            token,
+            console.settings.session_max_seconds,
+        )
+        clear_cookie(response, console.settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE))
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        who = identity(request)
+        await self._post_form(request, who)
+        await self._console.auth.sessions.delete(who.session)
+        _log.info("logout", extra={"user": who.name})
+        response = self._redirect("/login", done="signed-out")
+        clear_cookie(response, self._console.settings, request, (COOKIE, SECURE_COOKIE))
+        return response
+
+    async def home(self, request: Request) -> Response:
+        who = identity(request)
+        if not who.tenants:
+            raise NotFound("no tenant is granted to you; ask an administrator")
+        wanted = request.query_params.get("tenant", "")
+        tenant = wanted if wanted in who.tenants else who.tenants[0]
+        section = request.query_params.get("section", "")
+        return self._redirect(f"/t/{tenant}/{section if section in SECTIONS else 'conversations'}")
+
+    # ---- conversations ------------------------------------------------------
+
+    async def conversations(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        q = params.query(request)
+        words = params.text(q, "q", limit=200)
+        start = params.when(q, "start")
+        end = params.when(q, "end", end=True)
+        channel = params.channel(q)
+        token = params.text(q, "page_token", limit=4096)
+        args = {k: v for k, v in q.items() if k != "done" and v}
+        form = {
+            "q": words,
+            "user": params.text(q, "user"),
+            "channel": params.text(q, "channel"),
+            "start": params.text(q, "start"),
+            "end": params.text(q, "end"),
+            "intent": params.text(q, "intent"),
+            "fallback": params.flag(q, "fallback"),
+            "handed_off": params.text(q, "handed_off"),
+        }
+        service = self._console.service
+        if words:
+            end = end or dt.datetime.now(dt.timezone.utc)
+            note = ""
+            if start is None:
+                start = end - dt.timedelta(days=SEARCH_DAYS)
+                note = f"Searching the {SEARCH_DAYS} days before {end:%Y-%m-%d %H:%M} UTC."
+            if end - start > dt.timedelta(days=31):
+                start = end - dt.timedelta(days=31)
+                note = f"Text search covers at most 31 days: from {start:%Y-%m-%d} on."
+            found = await service.search(who, tenant, words, start, end, channel, token, 50)
+            return self._html(
+                request,
+                "conversations.html",
+                tenant=tenant,
+                section="conversations",
+                f=form,
+                args=args,
+                search=found,
+                search_note=note,
+            )
+        where = ConversationFilter(
+            channel=channel,
+            start=start,
+            end=end,
+            intent=str(form["intent"] or ""),
+            fallback_only=bool(form["fallback"]),
+            handed_off=params.flag(q, "handed_off"),
+            user_id=str(form["user"] or ""),
+        )
+        listing = await service.conversations(who, tenant, where, token, 50)
+        return self._html(
+            request,
+            "conversations.html",
+            tenant=tenant,
+            section="conversations",
+            f=form,
+            args=args,
+            search=None,
+            listing=listing,
+        )
+
+    async def handoffs(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        token = params.text(params.query(request), "page_token", limit=4096)
+        listing = await self._console.service.conversations(
+            who, tenant, ConversationFilter(handed_off=True), token, 50
+        )
+        return self._html(
+            request, "handoffs.html", tenant=tenant, section="handoffs", listing=listing
+        )
+
+    async def transcript(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        q = params.query(request)
+        conversation_id = params.text(q, "id", limit=400)
+        if not conversation_id:
+            raise BadInput("which conversation? (id is missing)")
+        before = params.text(q, "before", limit=4096)
+        service = self._console.service
+        page = await service.messages(who, tenant, conversation_id, before, 100)
+        messages = list(reversed(page.messages))
+        if not messages:
+            raise NotFound(f"no message in conversation {conversation_id!r}")
+        user = messages[-1].user
+        problem = ""
+        try:
+            state = await service.state(who, tenant, user.channel, user.user_id)
+        except BackendUnavailable as exc:
+            state = dialogue_pb.ConversationState(user=user)
+            problem = f"The hand-off state is unknown: {exc}"
+        live_url = ""
+        if not before and page.previous_page_token:
+            live_url = f"{API_PREFIX}/tenants/{tenant}/live?" + urlencode(
+                {"conversation_id": conversation_id, "page_token": page.previous_page_token}
+            )
+        return self._html(
+            request,
+            "transcript.html",
+            tenant=tenant,
+            section="conversations",
+            conversation_id=conversation_id,
+            user=user,
+            state=state,
+            messages=messages,
+            earlier_token=page.next_page_token,
+            paged=bool(before),
+            live_url=live_url,
+            request_id=uuid.uuid4().hex,
+            problem=problem,
+        )
+
+    async def handoff(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        form = await self._post_form(request, who)
+        on = params.flag(form, "handed_off")
+        if on is None:
+            raise BadInput("handed_off must be true or false")
+        await self._console.service.set_handoff(
+            who,
+            tenant,
+            params.channel(form),
+            params.text(form, "user_id", limit=400),
+            on,
+            params.text(form, "reason", limit=200),
+        )
+        return self._redirect(
+            f"/t/{tenant}/conversation",
+            id=params.text(form, "conversation_id", limit=400),
+            done="taken" if on else "released",
+        )
+
+    async def reply(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        form = await self._post_form(request, who)
+        await self._console.service.send_agent_message(
+            who,
+            tenant,
+            params.channel(form),
+            params.text(form, "user_id", limit=400),
+            form.get("text", ""),
+            params.text(form, "request_id", limit=100),
+        )
+        return self._redirect(
+            f"/t/{tenant}/conversation",
+            id=params.text(form, "conversation_id", limit=400),
+            done="sent",
+        )
+
+    # ---- the rest -----------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        q = params.query(request)
+        today = _today()
+        start = params.when(q, "start") or dt.datetime.combine(
+            today - dt.timedelta(days=13), dt.time(), dt.timezone.utc
+        )
+        end = params.when(q, "end", end=True) or dt.datetime.combine(
+            today + dt.timedelta(days=1), dt.time(), dt.timezone.utc
+        )
+        channel = params.channel(q)
+        found = await self._console.service.stats(who, tenant, start, end, channel)
+        return self._html(
+            request,
+            "stats.html",
+            tenant=tenant,
+            section="stats",
+            f={
+                "start": start.date().isoformat(),
+                "end": (end - dt.timedelta(days=1)).date().isoformat(),
+                "channel": params.text(q, "channel"),
+            },
+            total=found.total,
+            days=list(found.days),
+            charts=stats_view.charts(found),
+        )
+
+    async def dead_letters(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        token = params.text(params.query(request), "page_token", limit=4096)
+        listing = await self._console.service.dead_letters(who, tenant, token, 50)
+        return self._html(
+            request,
+            "dead_letters.html",
+            tenant=tenant,
+            section="dead-letters",
+            listing=listing,
+            summaries=[event_summary(d.event) for d in listing.dead_letters],
+        )
+
+    async def replay(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        form = await self._post_form(request, who)
+        await self._console.service.replay(
+            who, tenant, params.text(form, "dead_letter_id", limit=400)
+        )
+        return self._redirect(f"/t/{tenant}/dead-letters", done="replayed")
+
+    async def training(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        q = params.query(request)
+        where = export_filter(q)
+        export: chatlog_pb.ExportTrainingDataResponse | None = None
+        export = await self._console.service.export(who, tenant, where)
+        return self._html(
+            request,
+            "training.html",
+            tenant=tenant,
+            section="training-data",
+            f={
+                key: params.text(q, key)
+                for key in ("start", "end", "intents", "min_confidence", "max_confidence", "limit")
+            },
+            args={k: v for k, v in q.items() if k != "done" and v},
+            export=export,
+        )
+
+
+def export_filter(q: dict[str, str]) -> ExportFilter:
+    low = params.number(q, "min_confidence", 0.0, 1.0)
+    high = params.number(q, "max_confidence", 0.0, 1.0)
+    if low is not None and high is not None and low > high:
+        raise BadInput("the minimum confidence is above the maximum")
+    return ExportFilter(
+        start=params.when(q, "start"),
+        end=params.when(q, "end", end=True),
+        intents=[i.strip() for i in params.text(q, "intents").split(",") if i.strip()],
+        min_confidence=low,
+        max_confidence=high,
+        limit=params.integer(q, "limit", 200, 1, 10_000),
+    )
+
+
+__all__ = ["API_PREFIX", "PAGES_PREFIX", "CsrfRejected", "Pages", "export_filter"]

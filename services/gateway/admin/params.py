@@ -1,0 +1,136 @@
+"""Reading what a page or API call asks for: query strings and small forms."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
+from chatbot.common.v1 import event_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.requests import Request
+
+from services.gateway.admin.errors import BadInput
+
+MAX_FORM_BYTES = 64 * 1024
+CHANNELS: Mapping[str, int] = {
+    "messenger": event_pb2.CHANNEL_MESSENGER,
+    "api": event_pb2.CHANNEL_API,
+}
+CHANNEL_NAMES: Mapping[int, str] = {value: name for name, value in CHANNELS.items()}
+
+
+def text(params: Mapping[str, str], name: str, *, limit: int = 500) -> str:
+    value = (params.get(name) or "").strip()
+    if len(value) > limit:
+        raise BadInput(f"{name} is over {limit} characters")
+    return value
+
+
+def channel(params: Mapping[str, str], name: str = "channel") -> int:
+    value = text(params, name).lower()
+    if not value:
+        return event_pb2.CHANNEL_UNSPECIFIED
+    if value not in CHANNELS:
+        raise BadInput(f"{name} must be one of {', '.join(CHANNELS)}")
+    return CHANNELS[value]
+
+
+def flag(params: Mapping[str, str], name: str) -> bool | None:
+    """``true``/``1``/``on``: True; ``false``/``0``: False; absent or empty: None."""
+    value = text(params, name).lower()
+    if not value:
+        return None
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise BadInput(f"{name} must be true or false")
+
+
+def integer(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    value = text(params, name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadInput(f"{name} must be an integer") from None
+    if not lo <= number <= hi:
+        raise BadInput(f"{name} must be between {lo} and {hi}")
+    return number
+
+
+def number(params: Mapping[str, str], name: str, lo: float, hi: float) -> float | None:
+    value = text(params, name)
+    if not value:
+        return None
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise BadInput(f"{name} must be a number") from None
+    if not lo <= parsed <= hi:
+        raise BadInput(f"{name} must be between {lo} and {hi}")
+    return parsed
+
+
+def when(params: Mapping[str, str], name: str, *, end: bool = False) -> dt.datetime | None:
+    """A date (``2026-03-02``, a whole UTC day: its end is the next midnight when ``end``)
+    or an RFC 3339 time (``2026-03-02T09:00:00Z``)."""
+    value = text(params, name, limit=40)
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.timezone.utc)
+            return day + dt.timedelta(days=1) if end else day
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc)
+
+
+def timestamp(moment: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def query(request: Request) -> dict[str, str]:
+    return {key: value for key, value in request.query_params.items()}
+
+
+async def form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` or JSON-object body as strings."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadInput("the request body is too large")
+    if content_type == "application/json":
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise BadInput("the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadInput("the body must be a JSON object")
+        return {str(k): "" if v is None else _scalar(v) for k, v in data.items()}
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise BadInput("the form is not UTF-8") from None
+        return dict(pairs)
+    raise BadInput("send a form (application/x-www-form-urlencoded) or JSON")
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise BadInput("the body's values must be strings, numbers or booleans")

@@ -1,0 +1,18 @@
+"""The shapes of the gateway's own answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+
+def error_response(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": code, "message": why}``: a stable code for programs, a reason for people."""
+    return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
+
+
+def unavailable(message: str, retry_after: int) -> JSONResponse:
+    return error_response(503, "unavailable", message, headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,48 @@
+"""Runs the gateway under uvicorn with its real dependencies."""
+
+from __future__ import annotations
+
+import uvicorn
+from starlette.applications import Starlette
+
+from mesh.tenants import Tenants
+from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
+from services.gateway.app import create_app
+from services.gateway.dialogue import GrpcDialogueClient
+from services.gateway.ratelimit import RedisRateLimiter
+from services.gateway.readiness import GrpcReadiness
+from services.gateway.settings import GatewaySettings
+
+
+def build_app(
+    settings: GatewaySettings, tenants: Tenants, admin_settings: AdminSettings | None = None
+) -> Starlette:
+    """The gateway with its real dependencies; raises ``ConfigError`` on a bad setting."""
+    limits = settings.user_rate_limit or settings.tenant_rate_limit
+    admin = create_admin_app(
+        admin_settings or AdminSettings.from_env(),
+        tenants,
+        GrpcAdminBackends(settings.chatlog_address, settings.dialogue_address, settings.redis_url),
+    )
+    return create_app(
+        settings,
+        tenants,
+        GrpcDialogueClient(settings.dialogue_address),
+        rate_limiter=RedisRateLimiter.from_url(settings.redis_url) if limits else None,
+        readiness=GrpcReadiness(settings.dependency_addresses, settings.readiness_timeout),
+        admin=admin,
+    )
+
+
+def serve(settings: GatewaySettings, tenants: Tenants, app: Starlette | None = None) -> None:
+    config = uvicorn.Config(
+        app or build_app(settings, tenants),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=None,  # keep the mesh's JSON logging
+        access_log=False,  # the gateway logs and counts requests itself
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
