@@ -89,6 +89,49 @@ def train(force: Annotated[bool, typer.Option(help="retrain even if up to date")
     raise typer.Exit(subprocess.call(argv, cwd=REPO, env=env))
 
 
+@app.command("export-training-data")
+def export_training_data(
+    tenant: Annotated[str, typer.Option(help="the tenant")] = "default",
+    days: Annotated[int, typer.Option(help="messages of the last DAYS days")] = 30,
+    intent: Annotated[
+        list[str] | None, typer.Option(help="only these predicted intents (repeatable)")
+    ] = None,
+    max_confidence: Annotated[
+        float | None, typer.Option(help="only messages the model was at most this sure of")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="at most this many examples")] = 1000,
+    output: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+    address: Annotated[str, typer.Option(envvar="CHATLOG_ADDRESS")] = "127.0.0.1:50053",
+) -> None:
+    """Export users' messages with their predicted intents as Rasa NLU YAML, least sure first."""
+    import time
+
+    import grpc
+    from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+    from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
+
+    request = chatlog_pb.ExportTrainingDataRequest(
+        tenant_id=tenant, intents=intent or [], limit=limit
+    )
+    now = int(time.time())
+    request.start_time.FromSeconds(now - days * 86400)
+    request.end_time.FromSeconds(now + 60)
+    if max_confidence is not None:
+        request.max_confidence = max_confidence
+    with grpc.insecure_channel(address) as channel:
+        stub = chatlog_service_pb2_grpc.ChatlogServiceStub(channel)
+        try:
+            reply = stub.ExportTrainingData(request, timeout=60)
+        except grpc.RpcError as exc:
+            typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)
+            raise typer.Exit(1) from exc
+    if output:
+        output.write_text(reply.rasa_nlu_yaml, encoding="utf-8")
+        typer.echo(f"{len(reply.examples)} examples written to {output}", err=True)
+    else:
+        typer.echo(reply.rasa_nlu_yaml, nl=False)
+
+
 def _dialogue_stub(address: str):  # type: ignore[no-untyped-def]
     import grpc
     from chatbot.dialogue.v1 import dialogue_service_pb2_grpc

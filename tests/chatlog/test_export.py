@@ -15,6 +15,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
 from chatbot.common.v1 import event_pb2, nlu_result_pb2
 
 from tests.chatlog.conftest import OUT, Chatlog, rpc_error, ts
+from tests.chatlog.harness import Harness
 
 DAY = 86_400
 
@@ -194,3 +195,24 @@ def test_bad_requests(chatlog: Chatlog, fields: dict[str, Any], named: str) -> N
     error = rpc_error(chatlog.stub.ExportTrainingData, pb.ExportTrainingDataRequest(**request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert named in error.details()
+
+
+def test_the_cli_writes_the_export(
+    sqlite_chatlog: Chatlog, sqlite_harness: Harness, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    scene(sqlite_chatlog)
+    target = tmp_path / "nlu.yml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "export-training-data", "--tenant", sqlite_chatlog.tenant, "--days", "40000",
+            "--address", sqlite_harness.address, "--output", str(target),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(target.read_text())
+    assert "book_flight" in {item["intent"] for item in document["nlu"]}
