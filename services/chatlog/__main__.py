@@ -70,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             configure_logging("chatlog")
             from mesh.tenants import Tenants
+            from mesh.tracing import setup_tracing, shutdown_tracing
             from services.chatlog.server import serve
             from services.chatlog.settings import ChatlogSettings
 
-            asyncio.run(serve(ChatlogSettings.from_env(), Tenants.from_env()))
+            settings, tenants = ChatlogSettings.from_env(), Tenants.from_env()
+            setup_tracing("chatlog")
+            try:
+                asyncio.run(serve(settings, tenants))
+            finally:
+                shutdown_tracing()
             return 0
         if args.command == "schema":
             configure_logging("chatlog")

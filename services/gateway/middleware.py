@@ -16,6 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mesh import tracing
 from mesh.logging import request_id_var
 from services.gateway.metrics import GatewayMetrics
 
@@ -66,8 +67,21 @@ class RequestContextMiddleware:
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
+        # A server span per request (a no-op unless tracing is on): the root of
+        # a message's trace, continued by SubmitEvents and the dialogue worker.
+        parent = {
+            name.decode("latin-1"): bytes(value).decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name == b"traceparent"
+        }
         try:
-            await self.app(scope, receive, send_with_id)
+            with tracing.span(
+                f"{scope['method']} {self._route(scope)}",
+                parent=parent or None,
+                kind="server",
+                attributes={"http.request.method": scope["method"]},
+            ):
+                await self.app(scope, receive, send_with_id)
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "other"
             route = self._route(scope)

@@ -7,7 +7,9 @@ be in the chatlog.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,8 +22,11 @@ import httpx
 import pytest
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from cli.simulate import simulate
+from cli.graph_standin import GraphStandIn
+from cli.simulate import sign, simulate
+from tests.dialogue.test_tracing import Collector
 from tests.nlu_process import nlu_python
 from tests.redis_servers import RedisServer
 from tests.support import REPO, free_port
@@ -30,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 class Stack:
-    def __init__(self, workdir: Path, redis_url: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, otlp_port: int) -> None:
         self.ports = {
             name: free_port() for name in ("gateway", "dialogue", "nlu", "chatlog", "graph")
         }
@@ -51,6 +56,7 @@ class Stack:
             "WEATHER_API_URL": f"http://127.0.0.1:{self.ports['graph']}",
             "ADMIN_USERNAME": "admin",
             "ADMIN_PASSWORD": "admin-password-for-tests",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
         }
         for key in ("MESSENGER_APP_SECRET", "TENANTS_FILE"):
             self.env.pop(key, None)
@@ -86,10 +92,17 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def collector() -> Iterator[Collector]:
+    server = Collector()
+    yield server
+    server.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     redis = RedisServer(workdir)
-    running = Stack(workdir, redis.url)
+    running = Stack(workdir, redis.url, collector.port)
     try:
         running.wait_up()
         yield running
@@ -140,3 +153,74 @@ def test_admin_console_needs_a_login(stack: Stack) -> None:
     assert page.status_code in (302, 303, 307, 401)
     api = httpx.get(f"{gateway}/api/admin/conversations", timeout=10)
     assert api.status_code == 401
+
+
+def test_one_webhook_makes_one_trace_across_the_services(
+    stack: Stack, collector: Collector
+) -> None:
+    graph = GraphStandIn(port=stack.ports["graph"]).start()
+    try:
+        trace_id, root = secrets.token_hex(16), secrets.token_hex(8)
+        body = json.dumps(
+            {
+                "object": "page",
+                "entry": [
+                    {
+                        "id": "local-page",
+                        "time": 1,
+                        "messaging": [
+                            {
+                                "sender": {"id": "traced-user"},
+                                "recipient": {"id": "local-page"},
+                                "timestamp": int(time.time() * 1000),
+                                "message": {"mid": "m_traced", "text": "hello"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ).encode()
+        answer = httpx.post(
+            f"http://127.0.0.1:{stack.ports['gateway']}/webhooks/messenger",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": sign(body, "local-app-secret"),
+                "traceparent": f"00-{trace_id}-{root}-01",
+            },
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            s.in_reply_to == "m_traced" for s in graph.sent
+        ):
+            time.sleep(0.2)
+    finally:
+        graph.stop()
+    expected = {
+        "POST /webhooks/messenger",  # gateway
+        "chatbot.dialogue.v1.DialogueService/SubmitEvents",  # gateway client and dialogue server
+        "dialogue.process",  # the worker, after the queue
+        "chatbot.nlu.v1.NluService/Parse",  # the dialogue's client span
+        "chatbot.chatlog.v1.ChatlogService/AppendMessages",  # dialogue client and chatlog server
+        "messenger.send",
+    }
+
+    def ours() -> dict[str, Span]:
+        with collector.lock:
+            return {s.span_id.hex(): s for s in collector.spans if s.trace_id.hex() == trace_id}
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not expected <= {s.name for s in ours().values()}:
+        time.sleep(0.5)
+    spans = ours()
+    assert expected <= {s.name for s in spans.values()}
+    for span in spans.values():
+        parent = span.parent_span_id.hex()
+        while parent in spans:
+            parent = spans[parent].parent_span_id.hex()
+        assert parent == root, span.name
+    # Both sides of the chatlog call are in the trace: the chatlog service exported too.
+    appends = [s for s in spans.values() if s.name.endswith("AppendMessages")]
+    assert len(appends) >= 2
