@@ -39,3 +39,11 @@ SEND_RESULTS = Counter(
     "Send API calls by outcome: ok, or the error code Meta returned.",
     ["outcome"],
 )
+QUEUED_ITEMS = Gauge(
+    "dialogue_queued_items",
+    "Items waiting in users' queues, all replicas (sampled over up to 200 active users).",
+)
+OLDEST_QUEUED_SECONDS = Gauge(
+    "dialogue_oldest_queued_item_age_seconds",
+    "Age of the oldest item at the head of a user's queue (sampled like dialogue_queued_items).",
+)

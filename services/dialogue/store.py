@@ -405,6 +405,25 @@ class DialogueStore:
                 rescheduled += 1
         return rescheduled
 
+    async def queue_sample(self, limit: int = 200) -> tuple[int, float]:
+        """Items queued and the oldest one's age (s), over up to ``limit`` active users."""
+        members = await self.redis.zrange(ACTIVE_INDEX, 0, limit - 1)
+        if not members:
+            return 0, 0.0
+        pipe = self.redis.pipeline(transaction=False)
+        for member in members:
+            keys = UserKeys(UserId.from_member(member))
+            pipe.llen(keys.queue)
+            pipe.lindex(keys.queue, 0)
+        replies = await pipe.execute()
+        total, oldest_ms = 0, 0
+        now = _now_ms()
+        for length, head in zip(replies[0::2], replies[1::2], strict=True):
+            total += int(length or 0)
+            if head:
+                oldest_ms = max(oldest_ms, now - QueueItem.decode(head).enqueue_ms)
+        return total, oldest_ms / 1000
+
     async def ready_length(self) -> int:
         return int(await self.redis.llen(READY_LIST))
 

@@ -197,6 +197,9 @@ class Workers:
                     _log.info("rescheduled stranded users", extra={"users": rescheduled})
                 metrics.READY_USERS.set(await self._store.ready_length())
                 metrics.ACTIVE_USERS.set(await self._store.active_count())
+                queued, oldest = await self._store.queue_sample()
+                metrics.QUEUED_ITEMS.set(queued)
+                metrics.OLDEST_QUEUED_SECONDS.set(oldest)
             except RedisError as exc:
                 _log.warning("reaper cannot reach Redis", extra={"error": repr(exc)})
             await asyncio.sleep(self._settings.sweep_interval_s)

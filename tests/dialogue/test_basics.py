@@ -381,3 +381,16 @@ def test_metrics_follow_the_traffic(replicas: Replicas, graph_api: GraphApi) -> 
     for stage in ("nlu", "chatlog", "send"):
         assert samples[f'dialogue_stage_seconds_count{{stage="{stage}"}}'] == 1
     assert samples["dialogue_active_leases"] == 0
+    assert samples["dialogue_queued_items"] == 0
+
+
+def test_queue_metrics_see_a_backlog(
+    replicas: Replicas, graph_api: GraphApi, keyword_nlu: KeywordNlu
+) -> None:
+    keyword_nlu.delay_s = 0.5
+    port = free_port()
+    replicas.start(1, METRICS_PORT=str(port), DIALOGUE_WORKERS="1")
+    stub = replicas.stub()
+    submit(stub, *[message_event("backlog", f"m_b{i}", "hello") for i in range(8)])
+    wait_for(lambda: scrape(port).get("dialogue_queued_items", 0) >= 3, timeout=20)
+    wait_for(lambda: scrape(port).get("dialogue_oldest_queued_item_age_seconds", 0) >= 1.0)
