@@ -10,6 +10,7 @@ ClusterIP would not. The request id of the current call travels on as
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import grpc
 
 from mesh import tracing
 from mesh.logging import request_id_var
+from mesh.metrics import GRPC_CLIENT_LATENCY
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -46,11 +48,17 @@ class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                     client_call_details.credentials,
                     client_call_details.wait_for_ready,
                 )
+            started = time.perf_counter()
             call = await continuation(client_call_details, request)
             # Wait inside the span so it covers the whole call; the caller
             # awaits the finished call again for its result or error.
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await call
+            service, _, rpc = name.lstrip("/").partition("/")
+            code = await call.code()
+            GRPC_CLIENT_LATENCY.labels(service, rpc, code.name if code else "UNKNOWN").observe(
+                time.perf_counter() - started
+            )
             return call
 
 

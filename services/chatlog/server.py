@@ -22,6 +22,7 @@ from services.chatlog.retention import RetentionPolicies
 from services.chatlog.servicer import ChatlogServicer
 from services.chatlog.settings import ChatlogSettings
 from services.chatlog.store.base import ChatlogStore
+from services.chatlog.store.metered import metered
 from services.chatlog.tokens import PageTokens
 
 _log = get_logger("chatlog.server")
@@ -67,7 +68,7 @@ class ChatlogApp:
             maintenance_interval=settings.maintenance_interval,
         )
         self.servicer = ChatlogServicer(
-            self.store,
+            metered(self.store),
             tenants,
             page_tokens(settings, self.store.name),
             RetentionPolicies(

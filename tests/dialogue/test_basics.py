@@ -382,6 +382,11 @@ def test_metrics_follow_the_traffic(replicas: Replicas, graph_api: GraphApi) -> 
         assert samples[f'dialogue_stage_seconds_count{{stage="{stage}"}}'] == 1
     assert samples["dialogue_active_leases"] == 0
     assert samples["dialogue_queued_items"] == 0
+    parse = (
+        'grpc_client_handling_seconds_count{grpc_code="OK",grpc_method="Parse",'
+        'grpc_service="chatbot.nlu.v1.NluService"}'
+    )
+    assert samples[parse] == 1
 
 
 def test_queue_metrics_see_a_backlog(
