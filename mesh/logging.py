@@ -6,6 +6,7 @@ Secrets never reach a log line: log ids and sizes, not tokens or bodies.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def hashed(value: str) -> str:
+    """A stable, short stand-in for a user id in logs (never the id itself)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
 def configure_logging(service: str, level: str | None = None) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from mesh import get_logger, tracing
+from mesh.logging import hashed
 from services.dialogue import metrics
 from services.dialogue.keys import UserId
 from services.dialogue.processor import RESULT_DEAD, Processor
@@ -110,7 +111,10 @@ class Workers:
                 if not still_ours:
                     lost = True
                     metrics.FENCED.inc()
-                    _log.warning("lease lost mid-turn: stopping", extra={"token": lease.token})
+                    _log.warning(
+                        "lease lost mid-turn: stopping",
+                        extra={"user": hashed(lease.user.user_id), "token": lease.token},
+                    )
                     work.cancel()
             try:
                 await work
@@ -166,7 +170,14 @@ class Workers:
                 attempts = await self._store.record_failure(lease, head.item.item_id)
                 _log.warning(
                     "processing failed",
-                    extra={"item": head.item.item_id, "attempt": attempts, "error": repr(exc)},
+                    extra={
+                        "tenant": lease.user.tenant_id,
+                        "user": hashed(lease.user.user_id),
+                        "item": head.item.item_id,
+                        "token": lease.token,
+                        "attempt": attempts,
+                        "error": repr(exc),
+                    },
                 )
                 if attempts >= self._settings.max_attempts:
                     await self._dead_letter(lease, head, repr(exc), attempts)
@@ -185,7 +196,13 @@ class Workers:
         metrics.DEAD_LETTERS.inc()
         _log.error(
             "moved to the dead letters",
-            extra={"tenant": lease.user.tenant_id, "item": head.item.item_id, "error": error[:300]},
+            extra={
+                "tenant": lease.user.tenant_id,
+                "user": hashed(lease.user.user_id),
+                "item": head.item.item_id,
+                "token": lease.token,
+                "error": error[:300],
+            },
         )
 
     async def _reap_forever(self) -> None:
