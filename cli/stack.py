@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import httpx
@@ -253,6 +252,3 @@ def run_stack(nlu_python: str) -> int:
     ]
     stack = Stack(env, nlu_python, color=sys.stdout.isatty())
     return asyncio.run(stack.run("\n".join(lines)))
-
-
-__all__ = ["Path", "run_stack"]

@@ -28,7 +28,7 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,6 @@ class Domain:
     slots: frozenset[str]
     handoff_intent: str = "human_handoff"
     fallback_intent: str = "nlu_fallback"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def choose(
         self,

@@ -253,8 +253,7 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
     ) -> pb.SetHandoffResponse:
         try:
             user = self._user(request.user, "")
-            before = await self._store.state(user)
-            active = before.handoff.get("active") == "1"
+            active = (await self._store.handoff(user)).get("active") == "1"
             if active != request.handed_off:
                 now = int(time.time() * 1000)
                 await self._store.set_handoff(
@@ -314,8 +313,7 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             existing = await self._store.result(user, item_id)
             result = existing
             if existing is None:
-                state = await self._store.state(user)
-                if state.handoff.get("active") != "1":
+                if (await self._store.handoff(user)).get("active") != "1":
                     await context.abort(
                         grpc.StatusCode.FAILED_PRECONDITION, "the conversation is not handed off"
                     )

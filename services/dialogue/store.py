@@ -11,7 +11,7 @@ import base64
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -147,18 +147,23 @@ class StoreSettings:
     slot_ttl_s: int = 24 * 3600
     # A user not seen progressing for this long is checked by the reaper.
     stall_grace_s: float = 5.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A Lua script's HGETALL reply (a flat list) as a dict."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _text_map(mapping: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in mapping.items()}
 
 
 class DialogueStore:
@@ -433,31 +438,35 @@ class DialogueStore:
     # ---- state, hand-off, dead letters -------------------------------------
 
     async def state(self, user: UserId) -> UserState:
+        """One round trip: all these keys share the user's slot."""
         k = UserKeys(user)
-        lease_value = await self.redis.get(k.lease)
-        holder, token = "", 0
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(k.lease)
+        pipe.pttl(k.lease)
+        pipe.get(k.fence)
+        pipe.llen(k.queue)
+        pipe.hgetall(k.slots)
+        pipe.hgetall(k.handoff)
+        pipe.hgetall(k.last)
+        pipe.get(k.dead_count)
+        lease_value, ttl, fence, length, slots, handoff, last, dead = await pipe.execute()
+        holder, token = "", int(fence or 0)
         if lease_value:
-            holder_text, _, token_text = lease_value.decode().rpartition("|")
-            holder, token = holder_text, int(token_text)
-        else:
-            token = int(await self.redis.get(k.fence) or 0)
+            holder, _, token_text = lease_value.decode().rpartition("|")
+            token = int(token_text)
         return UserState(
-            queue_length=int(await self.redis.llen(k.queue)),
+            queue_length=int(length),
             lease_holder=holder,
             fencing_token=token,
-            lease_ttl_ms=int(await self.redis.pttl(k.lease)) if lease_value else 0,
-            slots=_pairs(await self._flat(k.slots)),
-            handoff=_pairs(await self._flat(k.handoff)),
-            last=_pairs(await self._flat(k.last)),
-            dead_letter_count=int(await self.redis.get(k.dead_count) or 0),
+            lease_ttl_ms=int(ttl) if lease_value else 0,
+            slots=_text_map(slots),
+            handoff=_text_map(handoff),
+            last=_text_map(last),
+            dead_letter_count=int(dead or 0),
         )
 
-    async def _flat(self, key: str) -> list[Any]:
-        mapping = await self.redis.hgetall(key)
-        flat: list[Any] = []
-        for name, value in mapping.items():
-            flat += [name, value]
-        return flat
+    async def handoff(self, user: UserId) -> dict[str, str]:
+        return _text_map(await self.redis.hgetall(UserKeys(user).handoff))
 
     async def set_handoff(self, user: UserId, fields: Mapping[str, str]) -> None:
         await self.redis.hset(UserKeys(user).handoff, mapping=dict(fields))

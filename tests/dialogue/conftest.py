@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -197,4 +196,4 @@ def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.05) -
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-__all__ = ["TENANT", "Replicas", "message_event", "os", "submit", "wait_for"]
+__all__ = ["TENANT", "Replicas", "message_event", "submit", "wait_for"]
