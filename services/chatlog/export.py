@@ -112,6 +112,7 @@ def example_line(text: str, entities: Sequence[nlu_result_pb2.Entity]) -> str | 
     if plain_back != stripped or spans_back:
         return None  # the user's own brackets would read as annotations
     parts: list[str] = []
+    expected: list[tuple[int, int, str, str]] = []
     position = 0
     for entity in sorted(entities, key=lambda e: (e.start, e.end)):
         start, end = entity.start - shift, entity.end - shift
@@ -123,10 +124,13 @@ def example_line(text: str, entities: Sequence[nlu_result_pb2.Entity]) -> str | 
             continue  # a bracket or brace in it would break the annotation
         parts.append(stripped[position:start])
         parts.append(annotated)
+        expected.append((start, end, entity.entity, entity.value))
         position = end
     parts.append(stripped[position:])
     line = "".join(parts)
-    return line if _read_back(line)[0] == stripped else stripped
+    # The whole line must read back as written: a user's bracket just before an
+    # annotation (":[" + "[:](city)") would swallow it into the entity's text.
+    return line if _read_back(line) == (stripped, expected) else stripped
 
 
 class _Literal(str):

@@ -156,3 +156,8 @@ def test_example_lines_read_back_as_written(text: str, spans: list[tuple[int, in
     for start, end, name, value in found:
         assert (name, value) in extracted
         assert plain[start:end] == _LINE_BREAKS.sub(" ", value)
+
+
+def test_a_bracket_before_an_annotation_leaves_the_line_plain() -> None:
+    # ":[" then "[:](city)" would read back as the entity "[:".
+    assert example_line(":[:", [entity(2, 3, "city", ":")]) == ":[:"
