@@ -8,16 +8,16 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from tests.nlu_process import default_model, nlu_server
+from tests.redis_servers import RedisCluster, RedisServer
+
+__all__ = ["default_model", "nlu_server"]
+
 # CI explores a fixed set of examples, so a landing never fails on a case
 # nobody touched; local runs keep drawing new ones (and find new bugs).
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from tests.nlu_process import default_model, nlu_server
-from tests.redis_servers import RedisCluster, RedisServer
-
-__all__ = ["default_model", "nlu_server"]
 
 
 @pytest.fixture(scope="session")
