@@ -33,7 +33,7 @@ NLU_PORT ?= 50052
 
 .PHONY: help
 help: ## List the targets.
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # ---- environments ---------------------------------------------------------
 
@@ -170,6 +170,11 @@ bench-gateway: $(GEN_PY)/.stamp ## Benchmark the gateway's webhook acknowledgeme
 .PHONY: bench-nlu
 bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.
 	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m bench.nlu
+
+# BENCH_E2E_ARGS passes options, e.g. BENCH_E2E_ARGS="--users 200 --rasa-workers 1 2".
+.PHONY: bench-e2e
+bench-e2e: system-deps proto train ## The whole stack vs Rasa's own server, same load (table).
+	PYTHONPATH=$(PY_PATH) NLU_PYTHON=$(NLU_PY) $(VPY) -m bench.e2e $(BENCH_E2E_ARGS)
 
 # ---- documentation --------------------------------------------------------
 

@@ -1,0 +1,289 @@
+"""The load: users sending messages through Messenger-like deliveries.
+
+Each user sends its messages one after another with a short think time,
+without waiting for replies. Each message is one delivery (a signed webhook
+for this stack, a REST call for Rasa); like Messenger, a delivery that gets no
+200 within the time-out, or an error, is delivered again, and some deliveries
+arrive twice even when nothing failed. What counts for a user is the reply:
+when it came, how many times, and in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Message:
+    user: str
+    seq: int
+    mid: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One HTTP attempt's outcome; ``replied`` when the response itself carried the reply."""
+
+    status: int
+    replied: bool = False
+
+
+@dataclass
+class Record:
+    """Everything the driver saw, in ``time.monotonic()`` seconds."""
+
+    messages: list[Message] = field(default_factory=list)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    acks: list[float] = field(default_factory=list)
+    deliveries: int = 0
+    redeliveries: int = 0
+    # Per message id, the time of every reply to it.
+    replies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def reply(self, mid: str, at: float) -> None:
+        self.replies[mid].append(at)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    messages: int
+    answered: int
+    missing: int
+    duplicated: int
+    out_of_order: int
+    seconds: float
+    ack_ms: tuple[float, float]
+    e2e_ms: tuple[float, float]
+    deliveries: int
+    redeliveries: int
+
+    @property
+    def per_second(self) -> float:
+        return self.answered / self.seconds if self.seconds else 0.0
+
+
+def percentiles(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    return (
+        ordered[min(last, int(0.5 * len(ordered)))] * 1000,
+        ordered[min(last, int(0.99 * len(ordered)))] * 1000,
+    )
+
+
+def outcome(record: Record) -> Outcome:
+    first = {mid: min(times) for mid, times in record.replies.items() if times}
+    answered = [m for m in record.messages if m.mid in first]
+    duplicated = sum(len(record.replies[m.mid]) - 1 for m in answered)
+    # A reply is out of order when a later message of the same user was answered before it.
+    by_user: dict[str, list[Message]] = defaultdict(list)
+    for message in answered:
+        by_user[message.user].append(message)
+    out_of_order = 0
+    for messages in by_user.values():
+        latest = -1
+        for message in sorted(messages, key=lambda m: first[m.mid]):
+            if message.seq < latest:
+                out_of_order += 1
+            latest = max(latest, message.seq)
+    start = min(record.sent_at.values(), default=0.0)
+    end = max(first.values(), default=start)
+    return Outcome(
+        messages=len(record.messages),
+        answered=len(answered),
+        missing=len(record.messages) - len(answered),
+        duplicated=duplicated,
+        out_of_order=out_of_order,
+        seconds=end - start,
+        ack_ms=percentiles(record.acks),
+        e2e_ms=percentiles([first[m.mid] - record.sent_at[m.mid] for m in answered]),
+        deliveries=record.deliveries,
+        redeliveries=record.redeliveries,
+    )
+
+
+class HttpPool:
+    """Keep-alive HTTP/1.1 connections to one server, opened as needed.
+
+    Plain streams rather than a client library: with hundreds of requests in
+    flight the driver must stay light, or it measures itself.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+        try:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: application/json\r\n{head}\r\n".encode()
+                + body
+            )
+            raw = await reader.readuntil(b"\r\n\r\n")
+            status = int(raw[9:12])
+            length = 0
+            keep = True
+            for line in raw.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+                elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                    keep = False
+            payload = await reader.readexactly(length) if length else b""
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
+        return status, payload
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+# Sends one delivery of a message; returns the HTTP outcome.
+Deliver = Callable[[Message], Awaitable[Delivery]]
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    users: int
+    messages: int
+    think_s: tuple[float, float] = (0.1, 0.5)
+    duplicate_rate: float = 0.1
+    timeout_s: float = 20.0  # Messenger gives up on a webhook after this and delivers again
+    attempts: int = 5
+    seed: int = 7
+
+
+def plan(shape: LoadShape, texts: Sequence[str], run: str) -> list[list[Message]]:
+    rng = random.Random(shape.seed)
+    return [
+        [
+            Message(f"u-{run}-{u}", i, f"m-{run}-{u}-{i}", rng.choice(texts))
+            for i in range(shape.messages)
+        ]
+        for u in range(shape.users)
+    ]
+
+
+async def play(
+    shape: LoadShape,
+    users: list[list[Message]],
+    deliver: Deliver,
+    record: Record,
+    answered: Callable[[], int],
+    settle_s: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Plays every user's messages, then waits until all are answered (or ``settle_s``)."""
+    rng = random.Random(shape.seed + 1)
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def attempt(message: Message) -> bool:
+        record.deliveries += 1
+        started = time.monotonic()
+        try:
+            result = await deliver(message)
+        except (OSError, asyncio.IncompleteReadError):
+            return False
+        if result.replied:
+            record.reply(message.mid, time.monotonic())
+        if result.status != 200:
+            return False
+        record.acks.append(time.monotonic() - started)
+        return True
+
+    def track(task: asyncio.Task[Any]) -> None:
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    async def delivery(message: Message) -> None:
+        for number in range(shape.attempts):
+            if number:
+                record.redeliveries += 1
+            task = asyncio.create_task(attempt(message))
+            track(task)
+            done, _ = await asyncio.wait({task}, timeout=shape.timeout_s)
+            if not done:
+                # Timed out: delivered again at once; the server is not told to
+                # give up on the first attempt, exactly as with Messenger.
+                continue
+            if task.result():
+                return
+            await asyncio.sleep(0.5 * (number + 1))
+
+    async def user(messages: list[Message]) -> None:
+        await asyncio.sleep(rng.uniform(0, shape.think_s[1]))
+        for message in messages:
+            record.messages.append(message)
+            record.sent_at[message.mid] = time.monotonic()
+            runs = [delivery(message)]
+            if rng.random() < shape.duplicate_rate:
+                runs.append(_later(rng.uniform(0.0, 0.3), delivery(message)))
+            for run in runs:
+                track(asyncio.create_task(run))
+            await asyncio.sleep(rng.uniform(*shape.think_s))
+
+    total = sum(len(m) for m in users)
+    await asyncio.gather(*(user(m) for m in users))
+    progress(f"all {total} messages sent; waiting for the replies")
+    deadline = time.monotonic() + settle_s
+    last_report = 0.0
+    while time.monotonic() < deadline and answered() < total:
+        await asyncio.sleep(0.1)
+        if time.monotonic() - last_report > 5:
+            last_report = time.monotonic()
+            progress(f"{answered()}/{total} answered")
+    # Late duplicates show up now, and in-flight retries finish.
+    await asyncio.sleep(2.0)
+    for task in list(pending):
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _later(delay: float, run: Awaitable[None]) -> None:
+    await asyncio.sleep(delay)
+    await run
+
+
+def messenger_body(page_id: str, message: Message, at_ms: int) -> bytes:
+    return json.dumps(
+        {
+            "object": "page",
+            "entry": [
+                {
+                    "id": page_id,
+                    "time": at_ms,
+                    "messaging": [
+                        {
+                            "sender": {"id": message.user},
+                            "recipient": {"id": page_id},
+                            "timestamp": at_ms,
+                            "message": {"mid": message.mid, "text": message.text},
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
