@@ -76,6 +76,10 @@ class Chatlog(Protocol):
     async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None: ...
 
 
+# Messages per merged replay call (the chatlog takes up to 500).
+REPLAY_BATCH = 200
+
+
 class ChatlogOutbox:
     """Appends to the chatlog, or to the Redis outbox when it cannot."""
 
@@ -143,15 +147,46 @@ class ChatlogOutbox:
                         self.GROUP, self._consumer, {OUTBOX_STREAM: ">"}, count=100, block=block_ms
                     )
                     entries = [e for _, batch in streams or [] for e in batch]
-                for entry_id, fields in entries:
-                    await self._deliver(entry_id, fields)
+                await self._deliver_many(entries)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 _log.warning("outbox replay waiting for the chatlog", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _deliver_many(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Catches up in few calls: entries are merged into requests of up to
+        ``REPLAY_BATCH`` messages (appends are idempotent by message id)."""
+        start = 0
+        while start < len(entries):
+            merged = chatlog_pb.AppendMessagesRequest()
+            end = start
+            while end < len(entries):
+                raw = entries[end][1].get(b"r")
+                request = chatlog_pb.AppendMessagesRequest.FromString(raw) if raw else None
+                count = len(request.messages) if request else 0
+                if end > start and len(merged.messages) + count > REPLAY_BATCH:
+                    break
+                if request:
+                    merged.messages.extend(request.messages)
+                end += 1
+            chunk = entries[start:end]
+            try:
+                if merged.messages:
+                    await self._stub.AppendMessages(merged, timeout=self._timeout_s * 5)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _TRANSIENT:
+                    raise
+                # One bad entry must not hold back the others: one by one.
+                for entry_id, fields in chunk:
+                    await self._deliver(entry_id, fields)
+            else:
+                ids = [entry_id for entry_id, _ in chunk]
+                await self._redis.xack(OUTBOX_STREAM, self.GROUP, *ids)
+                await self._redis.xdel(OUTBOX_STREAM, *ids)
+            start = end
 
     async def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         raw = fields.get(b"r")

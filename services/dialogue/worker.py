@@ -86,13 +86,24 @@ class Workers:
     def _turn_done(self, task: asyncio.Task[None]) -> None:
         self._turns.discard(task)
         self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("turn failed", extra={"error": repr(task.exception())})
+
+    async def _acquire_popped(self, user: UserId) -> Lease | None:
+        # This worker took the user off the ready list: until it holds the lease
+        # nobody else serves them but the reaper, much later. So a Redis outage
+        # is waited out here rather than dropping the user.
+        backoff = 0.2
+        while True:
+            try:
+                return await self._store.acquire(user)
+            except RedisError as exc:
+                _log.warning("lease not acquired; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def _turn(self, user: UserId) -> None:
-        try:
-            lease = await self._store.acquire(user)
-        except RedisError as exc:
-            _log.warning("lease not acquired", extra={"error": repr(exc)})
-            return
+        lease = await self._acquire_popped(user)
         if lease is None:
             return  # another worker has the user, or nothing is left
         metrics.LEASES.inc()
@@ -125,6 +136,10 @@ class Workers:
                 lost = True
                 metrics.FENCED.inc()
                 _log.warning("fenced: another worker has the user", extra={"reason": str(exc)})
+            except RedisError as exc:
+                # The item stays at the head of the queue: retried after release
+                # or, if that fails too, once the lease expires.
+                _log.warning("turn interrupted: Redis unreachable", extra={"error": repr(exc)})
         finally:
             metrics.LEASES.dec()
             if not work.done():
