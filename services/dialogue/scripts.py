@@ -8,22 +8,58 @@ mark a reply sent or store a result.
 
 from __future__ import annotations
 
-# KEYS: seen, queue, sched. ARGV: entry, dedupe ttl (s), check dedupe (1/0).
+# KEYS: seen, queue, sched, lease, sent.
+# ARGV: entry, dedupe ttl (s), check dedupe (1/0), order (the event's own time
+# in ms; 0 queues at the end).
 # Returns 0 duplicate, 1 accepted, 2 accepted and the user needs scheduling.
+# Deliveries can overtake each other on the way here (Messenger's order is
+# the events' timestamps), so an entry goes before queued entries with a later
+# time: never before a head a worker holds or has begun answering, never past
+# an entry without a time, and looking back at most 32 entries.
 SUBMIT = """
 if ARGV[3] == '1' then
   if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local order = tonumber(ARGV[4])
+local n = redis.call('LLEN', KEYS[2])
+local pivot = false
+local function later(entry)
+  local o = tonumber(cjson.decode(entry)['o'] or 0)
+  return o > 0 and o > order
+end
+if order > 0 and n > 0 and later(redis.call('LINDEX', KEYS[2], -1)) then
+  local floor = 0
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if redis.call('EXISTS', KEYS[4]) == 1
+    or redis.call('HEXISTS', KEYS[5], cjson.decode(head)['i']) == 1 then
+    floor = 1
+  end
+  local first = math.max(floor, n - 32)
+  if first < n then
+    local tail = redis.call('LRANGE', KEYS[2], first, n - 1)
+    for i = #tail, 1, -1 do
+      if not later(tail[i]) then break end
+      pivot = tail[i]
+    end
+  end
+end
+if pivot then
+  redis.call('LINSERT', KEYS[2], 'BEFORE', pivot, ARGV[1])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
 if redis.call('SET', KEYS[3], '1', 'NX') then return 2 end
 return 1
 """
 
-# KEYS: lease, fence, queue, sched. ARGV: holder, ttl (ms), seed.
+# KEYS: lease, fence, queue, sched, tries.
+# ARGV: holder, ttl (ms), now (ms, also the seed), reorder window (ms).
 # Returns the new fencing token, -1 when another worker holds the lease, 0
-# when there is nothing to do (and clears a stale schedule mark). A missing
-# counter starts from the seed (the time in milliseconds), so tokens keep
-# growing even if Redis lost its data: the chatlog, which remembers the
+# when there is nothing to do (and clears a stale schedule mark), or -2 - N
+# when the head is an event queued less than the window ago: come back in N
+# ms (an earlier event still on its way can go before it until then). A
+# missing counter starts from the seed (the time in milliseconds), so tokens
+# keep growing even if Redis lost its data: the chatlog, which remembers the
 # highest token per user, never sees an old number again. (Lua numbers are
 # doubles: the token is formatted with %d, never concatenated as a number.)
 ACQUIRE = """
@@ -31,6 +67,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[4])
   return 0
+end
+local window = tonumber(ARGV[4])
+if window > 0 then
+  local head = cjson.decode(redis.call('LINDEX', KEYS[3], 0))
+  local wait = tonumber(head['t'] or 0) + window - tonumber(ARGV[3])
+  if wait > 0 and tonumber(head['o'] or 0) > 0
+    and redis.call('HEXISTS', KEYS[5], head['i']) == 0 then
+    return -2 - math.floor(wait)
+  end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 local token = redis.call('INCR', KEYS[2])

@@ -77,6 +77,7 @@ class DialogueSettings:
                 result_ttl_s=env.integer("DIALOGUE_RESULT_TTL_SECONDS", 3600, minimum=1),
                 slot_ttl_s=env.integer("DIALOGUE_SLOT_TTL_SECONDS", 24 * 3600, minimum=1),
                 stall_grace_s=env.number("DIALOGUE_STALL_GRACE_SECONDS", 5.0),
+                reorder_window_ms=env.integer("DIALOGUE_REORDER_WINDOW_MS", 200, minimum=0),
             ),
             workers=WorkerSettings(
                 concurrency=env.integer("DIALOGUE_WORKERS", 32, minimum=1),

@@ -113,12 +113,19 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
 
     @staticmethod
     def _item(event: event_pb2.ChatEvent) -> QueueItem:
+        order_ms = 0
+        if event.HasField("event_time"):
+            stamp = event.event_time
+            ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+            # A time no clock gives (before 2001 or past 2200) orders nothing.
+            order_ms = ms if 978_307_200_000 <= ms < 7_258_118_400_000 else 0
         return QueueItem(
             item_id=event.event_id,
             kind="event",
             payload=event.SerializeToString(),
             enqueue_ms=int(time.time() * 1000),
             traceparent=tracing.current_traceparent(),
+            order_ms=order_ms,
         )
 
     async def _submit_all(

@@ -44,6 +44,9 @@ class QueueItem:
     replay: bool = False
     # The W3C trace context of the submission, so a trace covers the queue wait.
     traceparent: str = ""
+    # The event's own time (ms): the queue keeps a user's items in this order.
+    # 0: no time of its own (queued at the end, and nothing goes before it).
+    order_ms: int = 0
 
     def encode(self) -> str:
         return json.dumps(
@@ -54,6 +57,7 @@ class QueueItem:
                 "t": self.enqueue_ms,
                 "r": self.replay,
                 "tp": self.traceparent,
+                "o": self.order_ms,
             },
             separators=(",", ":"),
         )
@@ -68,7 +72,15 @@ class QueueItem:
             enqueue_ms=int(data["t"]),
             replay=bool(data.get("r")),
             traceparent=str(data.get("tp") or ""),
+            order_ms=int(data.get("o") or 0),
         )
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Come back in ``seconds``: the head is still inside the reorder window."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,9 @@ class StoreSettings:
     slot_ttl_s: int = 24 * 3600
     # A user not seen progressing for this long is checked by the reaper.
     stall_grace_s: float = 5.0
+    # A fresh event waits this long before a worker starts on it, so an earlier
+    # one whose delivery was overtaken on the way still goes first.
+    reorder_window_ms: int = 0
 
 
 def _now_ms() -> int:
@@ -197,8 +212,13 @@ class DialogueStore:
         await self._touch(user, self.settings.stall_grace_s)
         outcome = int(
             await self._submit(
-                keys=[keys.seen(item.item_id), keys.queue, keys.sched],
-                args=[item.encode(), self.settings.dedupe_ttl_s, "1" if dedupe else "0"],
+                keys=[keys.seen(item.item_id), keys.queue, keys.sched, keys.lease, keys.sent],
+                args=[
+                    item.encode(),
+                    self.settings.dedupe_ttl_s,
+                    "1" if dedupe else "0",
+                    item.order_ms,
+                ],
             )
         )
         if outcome == 0:
@@ -219,14 +239,22 @@ class DialogueStore:
             return None
         return UserId.from_member(popped[1])
 
-    async def acquire(self, user: UserId) -> Lease | None:
+    async def acquire(self, user: UserId) -> Lease | Hold | None:
+        """The user's lease; ``Hold`` when the head is too fresh to start on yet."""
         keys = UserKeys(user)
         token = int(
             await self._acquire(
-                keys=[keys.lease, keys.fence, keys.queue, keys.sched],
-                args=[self.settings.holder, self.settings.lease_ms, _now_ms()],
+                keys=[keys.lease, keys.fence, keys.queue, keys.sched, keys.tries],
+                args=[
+                    self.settings.holder,
+                    self.settings.lease_ms,
+                    _now_ms(),
+                    self.settings.reorder_window_ms,
+                ],
             )
         )
+        if token <= -2:
+            return Hold((-2 - token + 1) / 1000)
         if token <= 0:
             return None
         await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)

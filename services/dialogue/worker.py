@@ -24,7 +24,7 @@ from mesh.logging import hashed
 from services.dialogue import metrics
 from services.dialogue.keys import UserId
 from services.dialogue.processor import RESULT_DEAD, Processor
-from services.dialogue.store import DialogueStore, Fenced, Head, Lease
+from services.dialogue.store import DialogueStore, Fenced, Head, Hold, Lease
 
 _log = get_logger("dialogue.worker")
 
@@ -96,7 +96,11 @@ class Workers:
         backoff = 0.2
         while True:
             try:
-                return await self._store.acquire(user)
+                lease = await self._store.acquire(user)
+                if not isinstance(lease, Hold):
+                    return lease
+                await asyncio.sleep(lease.seconds)
+                continue
             except RedisError as exc:
                 _log.warning("lease not acquired; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
