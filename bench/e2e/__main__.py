@@ -45,12 +45,19 @@ from bench.e2e.load import (
     play,
 )
 from bench.e2e.rasa_baseline import DOMAIN, ensure_model
-from bench.e2e.systems import APP_SECRET, PAGE_ID, OurStack, RasaServer, Sampler, Usage
-from cli.graph_standin import GraphStandIn, Sent
+from bench.e2e.systems import (
+    APP_SECRET,
+    PAGE_ID,
+    GraphProcess,
+    OurStack,
+    RasaServer,
+    Sampler,
+    Usage,
+)
 from cli.simulate import sign
 from mesh import cache_dir
 from tests.redis_servers import RedisServer
-from tests.support import REPO, free_port
+from tests.support import REPO
 
 GEN_NLU = REPO / "build" / "gen" / "nlu"
 
@@ -110,13 +117,13 @@ class Replies:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.sent: list[Sent] = []
+        self.sent: list[tuple[str, float]] = []
         self.answered: set[str] = set()
 
-    def on_send(self, sent: Sent) -> None:
+    def on_send(self, in_reply_to: str, recipient: str, at: float) -> None:
         with self.lock:
-            self.sent.append(sent)
-            self.answered.add(sent.in_reply_to)
+            self.sent.append((in_reply_to, at))
+            self.answered.add(in_reply_to)
 
 
 def run_load(
@@ -145,7 +152,7 @@ def bench_stack(
     settle_s: float,
 ) -> tuple[Outcome, dict[str, Usage]]:
     replies = Replies()
-    graph = GraphStandIn(port=free_port(), on_send=replies.on_send).start()
+    graph = GraphProcess(replies.on_send)
     say("starting this stack (python -m cli.main run) ...")
     stack = OurStack(workdir, redis_server.url, graph.port, python)
     try:
@@ -168,6 +175,7 @@ def bench_stack(
             return Delivery(status)
 
         warm_up(deliver, replies, run)
+        stages = stack.stage_seconds()
         users = plan(shape, texts, run)
         record = Record()
         roots = {
@@ -185,11 +193,21 @@ def bench_stack(
             Sampler(roots, alone=frozenset({"load driver"})),
             settle_s,
         )
+        before = stages
+        after = stack.stage_seconds()
+        say(
+            "dialogue, mean ms per message and stage: "
+            + ", ".join(
+                f"{stage} {(total - before.get(stage, (0.0, 0))[0]) * 1000 / n:.0f}"
+                for stage, (total, count) in after.items()
+                if (n := count - before.get(stage, (0.0, 0))[1]) > 0
+            )
+        )
         known = {m.mid for m in record.messages}
         with replies.lock:
-            for sent in replies.sent:
-                if sent.in_reply_to in known:
-                    record.reply(sent.in_reply_to, sent.time)
+            for in_reply_to, at in replies.sent:
+                if in_reply_to in known:
+                    record.reply(in_reply_to, at)
         return outcome(record), usage
     except Exception:
         say("this stack's log ends with:\n" + stack.log_path.read_text(errors="replace")[-4000:])

@@ -43,6 +43,8 @@ class Record:
     messages: list[Message] = field(default_factory=list)
     sent_at: dict[str, float] = field(default_factory=dict)
     acks: list[float] = field(default_factory=list)
+    # Per message id, when its first delivery was acknowledged.
+    acked_at: dict[str, float] = field(default_factory=dict)
     deliveries: int = 0
     redeliveries: int = 0
     # Per message id, the time of every reply to it.
@@ -64,6 +66,9 @@ class Outcome:
     e2e_ms: tuple[float, float]
     deliveries: int
     redeliveries: int
+    # For each reply that came late: (message, the later message answered first), in ms
+    # since the first message was sent: sent, acknowledged, answered for both.
+    reordered: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
@@ -89,26 +94,38 @@ def outcome(record: Record) -> Outcome:
     by_user: dict[str, list[Message]] = defaultdict(list)
     for message in answered:
         by_user[message.user].append(message)
-    out_of_order = 0
-    for messages in by_user.values():
-        latest = -1
-        for message in sorted(messages, key=lambda m: first[m.mid]):
-            if message.seq < latest:
-                out_of_order += 1
-            latest = max(latest, message.seq)
     start = min(record.sent_at.values(), default=0.0)
+
+    def timeline(message: Message) -> dict[str, object]:
+        acked = record.acked_at.get(message.mid)
+        return {
+            "mid": message.mid,
+            "sent_ms": round((record.sent_at[message.mid] - start) * 1000),
+            "acked_ms": None if acked is None else round((acked - start) * 1000),
+            "answered_ms": round((first[message.mid] - start) * 1000),
+        }
+
+    reordered: list[dict[str, object]] = []
+    for messages in by_user.values():
+        latest: Message | None = None
+        for message in sorted(messages, key=lambda m: first[m.mid]):
+            if latest is not None and message.seq < latest.seq:
+                reordered.append({"late": timeline(message), "overtaken_by": timeline(latest)})
+            elif latest is None or message.seq > latest.seq:
+                latest = message
     end = max(first.values(), default=start)
     return Outcome(
         messages=len(record.messages),
         answered=len(answered),
         missing=len(record.messages) - len(answered),
         duplicated=duplicated,
-        out_of_order=out_of_order,
+        out_of_order=len(reordered),
         seconds=end - start,
         ack_ms=percentiles(record.acks),
         e2e_ms=percentiles([first[m.mid] - record.sent_at[m.mid] for m in answered]),
         deliveries=record.deliveries,
         redeliveries=record.redeliveries,
+        reordered=reordered,
     )
 
 
@@ -212,6 +229,7 @@ async def play(
         if result.status != 200:
             return False
         record.acks.append(time.monotonic() - started)
+        record.acked_at.setdefault(message.mid, time.monotonic())
         return True
 
     def track(task: asyncio.Task[Any]) -> None:

@@ -9,6 +9,7 @@ service (children included) for CPU time and peak resident memory.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def _wait(
     raise TimeoutError(f"not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -133,6 +134,7 @@ class OurStack:
 
     def __init__(self, workdir: Path, redis_url: str, graph_port: int, nlu_python: str) -> None:
         self.ports = {name: free_port() for name in STACK_SERVICES}
+        self.dialogue_metrics_port = free_port()
         graph = f"http://127.0.0.1:{graph_port}"
         self.env = {
             **os.environ,
@@ -143,7 +145,7 @@ class OurStack:
             "CHATLOG_PORT": str(self.ports["chatlog"]),
             "NLU_METRICS_PORT": "0",
             "CHATLOG_METRICS_PORT": "0",
-            "DIALOGUE_METRICS_PORT": "0",
+            "DIALOGUE_METRICS_PORT": str(self.dialogue_metrics_port),
             "REDIS_URL": redis_url,
             "CHATLOG_SQLITE_PATH": str(workdir / "chatlog.sqlite3"),
             "MESSENGER_APP_SECRET": APP_SECRET,
@@ -187,6 +189,20 @@ class OurStack:
                 if f"services.{name}" in line:
                     roots[name].append(child.pid)
         return roots
+
+    def stage_seconds(self) -> dict[str, tuple[float, int]]:
+        """The dialogue's time per stage of a message so far: (seconds, count)."""
+        text = httpx.get(f"http://127.0.0.1:{self.dialogue_metrics_port}/metrics", timeout=5).text
+        stages: dict[str, list[float]] = {}
+        for line in text.splitlines():
+            match = re.match(r'dialogue_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)', line)
+            if match:
+                kind, stage, value = match.groups()
+                stages.setdefault(stage, [0.0, 0.0])[kind == "count"] = float(value)
+            match = re.match(r"dialogue_item_processing_seconds_(sum|count) (\S+)", line)
+            if match:
+                stages.setdefault("whole item", [0.0, 0.0])[match[1] == "count"] = float(match[2])
+        return {stage: (total, int(count)) for stage, (total, count) in stages.items()}
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -251,3 +267,35 @@ class RasaServer:
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM)
         self._log.close()
+
+
+class GraphProcess:
+    """The Graph API stand-in (``bench.e2e.graph_process``) in its own process.
+
+    ``on_send(in_reply_to, recipient, at)`` is called for every reply sent.
+    """
+
+    def __init__(self, on_send: Callable[[str, str, float], None]) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.e2e.graph_process", str(self.port)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the Graph API stand-in did not start")
+        self._on_send = on_send
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            in_reply_to, recipient, at = line.split()
+            self._on_send(in_reply_to, recipient, float(at))
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM)
+        self._reader.join(5)
