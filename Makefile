@@ -171,6 +171,11 @@ bench-gateway: $(GEN_PY)/.stamp ## Benchmark the gateway's webhook acknowledgeme
 bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.
 	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m bench.nlu
 
+# FUZZ_EXAMPLES sets the long run's total (110000 by default), shared among the properties.
+.PHONY: fuzz
+fuzz: system-deps proto train ## Long fuzzing run of the webhook and every gRPC service.
+	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest -m fuzz tests/fuzz tests/gateway/test_fuzz.py
+
 # BENCH_E2E_ARGS passes options, e.g. BENCH_E2E_ARGS="--users 200 --rasa-workers 1 2".
 .PHONY: bench-e2e
 bench-e2e: system-deps proto train ## The whole stack vs Rasa's own server, same load (table).

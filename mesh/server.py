@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,8 +39,34 @@ def _split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
+class _Undecodable:
+    """Request bytes that are not a message of the method's type."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc.aio answers a request it cannot decode with UNKNOWN; it is the
+    # client's mistake, so the handler turns it into INVALID_ARGUMENT.
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            return _Undecodable(exc)
+
+    return decode
+
+
 class MeshInterceptor(grpc.aio.ServerInterceptor):
-    """Request ids (from ``x-request-id`` or new), metrics and a log line on failure."""
+    """Request ids (from ``x-request-id`` or new), metrics and a log line on failure.
+
+    Request bytes that do not decode are INVALID_ARGUMENT.
+    """
 
     async def intercept_service(
         self,
@@ -67,6 +94,11 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                     kind="server",
                     attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
                 ):
+                    if isinstance(request, _Undecodable):
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"the request is not a valid message: {request.error}",
+                        )
                     response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -87,7 +119,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

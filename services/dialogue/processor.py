@@ -64,6 +64,19 @@ def _timestamp_ms(ms: int) -> Timestamp:
     return stamp
 
 
+# The chatlog keeps times from 1970 to 2200; an event's own times outside that
+# range (a client's mistake) give way to the time it was received or queued,
+# or its record could never be written and the event would dead-letter.
+_LATEST_MS = 7_258_118_400_000
+
+
+def _storable_ms(stamp: Timestamp) -> int | None:
+    if not 0 <= stamp.nanos < 1_000_000_000:
+        return None
+    ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+    return ms if 0 <= ms < _LATEST_MS else None
+
+
 def _duration_ms(ms: int) -> Duration:
     span = Duration()
     span.FromMilliseconds(max(0, ms))
@@ -316,7 +329,9 @@ class Processor:
 
     def _received_ms(self, event: event_pb2.ChatEvent, head: Head) -> int:
         if event.HasField("receive_time"):
-            return int(event.receive_time.ToMilliseconds())
+            received = _storable_ms(event.receive_time)
+            if received is not None:
+                return received
         return head.item.enqueue_ms
 
     def _inbound_records(
@@ -345,9 +360,8 @@ class Processor:
             fencing_token=lease.token,
             raw_event=event,
         )
-        record.create_time.CopyFrom(
-            event.event_time if event.HasField("event_time") else _timestamp_ms(received_ms)
-        )
+        storable = event.HasField("event_time") and _storable_ms(event.event_time) is not None
+        record.create_time.CopyFrom(event.event_time if storable else _timestamp_ms(received_ms))
         record.received_time.CopyFrom(_timestamp_ms(received_ms))
         record.respond_time.CopyFrom(_timestamp_ms(respond_ms))
         record.processing_duration.CopyFrom(_duration_ms(respond_ms - received_ms))

@@ -41,7 +41,9 @@ MAX_EVENTS = 1000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
 MAX_TEXT = 2000
-MAX_ID = 512
+# The chatlog takes ids of up to 512 characters: the ones derived from ours
+# ("<channel>:<user_id>", "<event_id>:r<n>", "agent:<request_id>") must fit.
+MAX_ID = 480
 CONVERSE_LIMIT_S = 30.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -89,6 +91,13 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
         if len(event.event_id) > MAX_ID:
             raise Invalid(f"{where}event_id is over {MAX_ID} characters")
         user = self._user(event.user, where)
+        # Logged as the chatlog's referenced_message_id, bound like our ids.
+        for name, value in (
+            ("message.reply_to_mid", event.message.reply_to_mid),
+            ("reaction.mid", event.reaction.mid),
+        ):
+            if len(value) > MAX_ID:
+                raise Invalid(f"{where}{name} is over {MAX_ID} characters")
         if event.WhichOneof("kind") is None:
             raise Invalid(f"{where}kind is required (message, postback, ...)")
         return user
@@ -312,6 +321,8 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
                 raise Invalid("agent_id is required")
             if not request.request_id:
                 raise Invalid("request_id is required")
+            if len(request.request_id) > MAX_ID:
+                raise Invalid(f"request_id is over {MAX_ID} characters")
             if not request.text and not request.attachments:
                 raise Invalid("one of text or attachments is required")
             if len(request.text) > MAX_TEXT * 10:
@@ -358,12 +369,19 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
     def _unsign(self, token: str, bound: dict[str, Any]) -> dict[str, Any]:
         try:
             raw = base64.urlsafe_b64decode(token.encode())
-            mac, body = raw[:16], raw[16:]
-            payload = json.loads(body)
         except (ValueError, TypeError):
             raise Invalid("page_token is malformed") from None
+        mac, body = raw[:16], raw[16:]
+        # Checked before parsing: only our own JSON is ever parsed (a forged
+        # body nested deep enough would exhaust the parser's recursion).
         expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
-        if not hmac.compare_digest(mac, expected) or not isinstance(payload, dict):
+        if not hmac.compare_digest(mac, expected):
+            raise Invalid("page_token was altered")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise Invalid("page_token is malformed") from None
+        if not isinstance(payload, dict):
             raise Invalid("page_token was altered")
         if {k: payload.get(k) for k in bound} != bound:
             raise Invalid("page_token was issued for a different request")

@@ -18,24 +18,6 @@ import yaml
 from tests.gateway.harness import TENANTS, DialogueServer, Gateway
 from tests.redis_servers import RedisServer
 
-FUZZ_MARKER = "fuzz"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"{FUZZ_MARKER}: long property-based runs; selected only with -m {FUZZ_MARKER}"
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The long fuzzing runs are opt-in by marker: `pytest -m fuzz tests/gateway`.
-    if FUZZ_MARKER in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason=f"long fuzzing run: select it with -m {FUZZ_MARKER}")
-    for item in items:
-        if item.get_closest_marker(FUZZ_MARKER):
-            item.add_marker(skip)
-
 
 @pytest.fixture(scope="session")
 def gateway_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:

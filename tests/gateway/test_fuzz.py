@@ -2,7 +2,8 @@
 for any unsigned or wrongly signed one.
 
 The default runs are sized for CI; the long runs are opt-in by marker:
-``pytest -m fuzz tests/gateway/test_fuzz.py``.
+``pytest -m fuzz tests/gateway/test_fuzz.py``, sized by ``FUZZ_EXAMPLES``
+with the gRPC properties (tests/fuzz/budget.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from hypothesis import strategies as st
 
 from services.gateway.messenger.events import KINDS
 from services.gateway.messenger.signature import sign
+from tests.fuzz.budget import LONG_TIMEOUT_S, count, fuzz_settings, long_examples
 from tests.gateway.harness import ACME_SECRET, GLOBEX_SECRET, Gateway
 
 CI_EXAMPLES = 300
-LONG_EXAMPLES = 5000
 
 
 def _settings(examples: int) -> settings:
@@ -238,21 +239,26 @@ def test_unsigned_or_wrongly_signed_bodies_are_403(
 
 
 @pytest.mark.fuzz
-@_settings(LONG_EXAMPLES)
+@pytest.mark.timeout(LONG_TIMEOUT_S)
+@fuzz_settings(long_examples("webhook.messenger_shaped"))
 @given(doc=messenger_docs, ascii_only=st.booleans())
 def test_long_messenger_shaped(gateway: Gateway, doc: Any, ascii_only: bool) -> None:
+    count("webhook.messenger_shaped")
     _check_messenger_shaped(gateway, doc, ascii_only)
 
 
 @pytest.mark.fuzz
-@_settings(LONG_EXAMPLES)
+@pytest.mark.timeout(LONG_TIMEOUT_S)
+@fuzz_settings(long_examples("webhook.random_bytes"))
 @given(body=st.binary(max_size=20000))
 def test_long_random_bytes(gateway: Gateway, body: bytes) -> None:
+    count("webhook.random_bytes")
     _check_random_bytes(gateway, body)
 
 
 @pytest.mark.fuzz
-@_settings(LONG_EXAMPLES)
+@pytest.mark.timeout(LONG_TIMEOUT_S)
+@fuzz_settings(long_examples("webhook.unsigned"))
 @given(
     body=any_bodies,
     how=st.integers(0, 2),
@@ -260,4 +266,5 @@ def test_long_random_bytes(gateway: Gateway, body: bytes) -> None:
     digest=st.binary(min_size=32, max_size=32),
 )
 def test_long_unsigned(gateway: Gateway, body: bytes, how: int, secret: str, digest: bytes) -> None:
+    count("webhook.unsigned")
     _check_unsigned(gateway, body, how, secret, digest)
