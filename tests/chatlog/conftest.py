@@ -1,5 +1,5 @@
-"""Fixtures of the chatlog suite: one real Cassandra node for the session, one
-server per backend, and a ``chatlog`` fixture that runs a test against both."""
+"""Fixtures of the chatlog suite: one server per backend (Cassandra on the
+session's node), and a ``chatlog`` fixture that runs a test against both."""
 
 from __future__ import annotations
 
@@ -63,16 +63,6 @@ def cassandra_config(node: CassandraNode, **changes: Any) -> CassandraConfig:
         ),
         **changes,
     )
-
-
-@pytest.fixture(scope="session")
-def cassandra_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CassandraNode]:
-    node = CassandraNode(tmp_path_factory.mktemp("cassandra"))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,7 @@ disturbs nobody else), stand-ins that record, and dialogue replicas."""
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from tests.chatlog.harness import CassandraNode
 from tests.dialogue.conftest import Replicas, message_event
+from tests.faults import tally
 from tests.faults.load import Outgoing
 from tests.faults.system import (
     FaultRedis,
@@ -110,42 +109,14 @@ def submitter(
 
 
 @pytest.fixture(scope="session")
-def faults_cassandra(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CassandraNode]:
-    """The session's Cassandra node. Taken from a ``cassandra_node`` fixture when
-    one is visible here (the session-wide one), else the node the chatlog suite
-    already started in this session (found by its pid file), else one of our own."""
-    try:
-        yield request.getfixturevalue("cassandra_node")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    running = _running_session_node(tmp_path_factory.getbasetemp())
-    if running is not None:
-        yield running
-        return
-    node = CassandraNode(tmp_path_factory.mktemp("cassandra"))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+def faults_cassandra(cassandra_node: CassandraNode) -> CassandraNode:
+    """The session's Cassandra node (shared with the chatlog suite)."""
+    return cassandra_node
 
 
-def _running_session_node(basetemp: Path) -> CassandraNode | None:
-    for pid_file in sorted(basetemp.glob("cassandra*/cassandra.pid")):
-        data_dir = pid_file.parent
-        try:
-            os.kill(int(pid_file.read_text().strip()), 0)
-        except (OSError, ValueError):
-            continue
-        yaml_text = (data_dir / "cassandra.yaml").read_text()
-        port = re.search(r"^native_transport_port: (\d+)", yaml_text, re.M)
-        storage = re.search(r"^storage_port: (\d+)", yaml_text, re.M)
-        if port is None or storage is None:
-            continue
-        node = CassandraNode(data_dir)
-        node.port, node.storage_port = int(port.group(1)), int(storage.group(1))
-        return node
-    return None
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Each fault test's counts, in the run's output even when it passed.
+    if tally.REPORTED:
+        terminalreporter.section("faults: lost / duplicated / reordered")
+        for line in tally.REPORTED:
+            terminalreporter.line(line)

@@ -98,6 +98,10 @@ def tally(expected: Mapping[str, Sequence[str]], answered: Mapping[str, Sequence
     return result
 
 
+# Every line reported in this session, for the summary at the end of the run.
+REPORTED: list[str] = []
+
+
 def report(
     name: str,
     result: Tally,
@@ -116,6 +120,7 @@ def report(
     for key, value in extra.items():
         line += f" {key}={value}"
     print(line)
+    REPORTED.append(line)
     if record_property is not None:
         record_property("fault", line)
     return line
