@@ -8,6 +8,7 @@ starter bot's actions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -22,6 +23,37 @@ DEMO_ORDERS = {
     "55555": {"status": "being packed", "eta": "in 3 days"},
     "98765": {"status": "delivered", "eta": "already there"},
 }
+
+
+def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str, str, str] | None]:
+    """One request's answer: (status, JSON body, (recipient, text, in_reply_to) of a reply sent)."""
+    url = urlparse(target)
+    if method == "POST":
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            return 400, {"error": {"message": "bad JSON", "code": 100}}, None
+        if not url.path.endswith("/me/messages"):
+            return 404, {"error": {"message": "unknown path", "code": 100}}, None
+        recipient = str(doc.get("recipient", {}).get("id", ""))
+        if "message" not in doc:
+            return 200, {"recipient_id": recipient}, None
+        message = doc["message"]
+        metadata = json.loads(message.get("metadata") or "{}")
+        text = message.get("text") or json.dumps(message.get("attachment", {}))
+        message_id = f"m_out_{next(_sent_ids)}"
+        reply = (recipient, text, str(metadata.get("in_reply_to", "")))
+        return 200, {"recipient_id": recipient, "message_id": message_id}, reply
+    if url.path.startswith("/orders/"):
+        order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
+        return (200, order, None) if order else (404, {"error": "none"}, None)
+    if url.path == "/weather":
+        city = parse_qs(url.query).get("city", ["?"])[0]
+        return 200, {"city": city, "temperature_c": 18, "summary": "cloudy"}, None
+    return 404, {}, None
+
+
+_sent_ids = itertools.count(1)
 
 
 @dataclass
@@ -54,39 +86,22 @@ class GraphStandIn:
                 self.end_headers()
                 self.wfile.write(raw)
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except ValueError:
-                    return self._json(400, {"error": {"message": "bad JSON", "code": 100}})
-                if not urlparse(self.path).path.endswith("/me/messages"):
-                    return self._json(404, {"error": {"message": "unknown path", "code": 100}})
-                recipient = str(body.get("recipient", {}).get("id", ""))
-                if "message" in body:
-                    message = body["message"]
-                    metadata = json.loads(message.get("metadata") or "{}")
-                    text = message.get("text") or json.dumps(message.get("attachment", {}))
-                    sent = Sent(recipient, text, metadata.get("in_reply_to", ""), time.monotonic())
+            def _answer(self, method: str, body: bytes) -> None:
+                status, doc, reply = route(method, self.path, body)
+                if reply is not None:
+                    sent = Sent(*reply, time.monotonic())
                     with owner.lock:
                         owner.sent.append(sent)
-                        count = len(owner.sent)
                     if owner.on_send:
                         owner.on_send(sent)
-                    return self._json(
-                        200, {"recipient_id": recipient, "message_id": f"m_out_{count}"}
-                    )
-                self._json(200, {"recipient_id": recipient})
+                self._json(status, doc)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._answer("POST", self.rfile.read(length))
 
             def do_GET(self) -> None:
-                url = urlparse(self.path)
-                if url.path.startswith("/orders/"):
-                    order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
-                    return self._json(200, order) if order else self._json(404, {"error": "none"})
-                if url.path == "/weather":
-                    city = parse_qs(url.query).get("city", ["?"])[0]
-                    return self._json(200, {"city": city, "temperature_c": 18, "summary": "cloudy"})
-                self._json(404, {})
+                self._answer("GET", b"")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True

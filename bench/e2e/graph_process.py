@@ -14,36 +14,8 @@ import asyncio
 import json
 import sys
 import time
-from urllib.parse import parse_qs, urlparse
 
-from cli.graph_standin import DEMO_ORDERS
-
-_count = 0
-
-
-def _answer(method: str, target: str, body: bytes) -> tuple[int, object]:
-    global _count
-    url = urlparse(target)
-    if method == "POST" and url.path.endswith("/me/messages"):
-        try:
-            doc = json.loads(body or b"{}")
-        except ValueError:
-            return 400, {"error": {"message": "bad JSON", "code": 100}}
-        recipient = str((doc.get("recipient") or {}).get("id", ""))
-        message = doc.get("message")
-        if message is not None:
-            metadata = json.loads(message.get("metadata") or "{}")
-            _count += 1
-            sys.stdout.write(f"{metadata.get('in_reply_to', '')} {recipient} {time.monotonic()}\n")
-            return 200, {"recipient_id": recipient, "message_id": f"m_out_{_count}"}
-        return 200, {"recipient_id": recipient}
-    if method == "GET" and url.path.startswith("/orders/"):
-        order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
-        return (200, order) if order else (404, {"error": "none"})
-    if method == "GET" and url.path == "/weather":
-        city = parse_qs(url.query).get("city", ["?"])[0]
-        return 200, {"city": city, "temperature_c": 18, "summary": "cloudy"}
-    return 404, {"error": {"message": "unknown path", "code": 100}}
+from cli.graph_standin import route
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,7 +30,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if name.strip().lower() == "content-length":
                     length = int(value)
             body = await reader.readexactly(length) if length else b""
-            status, answer = _answer(method, target, body)
+            status, answer, reply = route(method, target, body)
+            if reply is not None:
+                recipient, _, in_reply_to = reply
+                sys.stdout.write(f"{in_reply_to} {recipient} {time.monotonic()}\n")
             raw = json.dumps(answer).encode()
             writer.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"

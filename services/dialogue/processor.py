@@ -70,7 +70,8 @@ def _timestamp_ms(ms: int) -> Timestamp:
 _LATEST_MS = 7_258_118_400_000
 
 
-def _storable_ms(stamp: Timestamp) -> int | None:
+def storable_ms(stamp: Timestamp) -> int | None:
+    """The time in ms when the chatlog can keep it, else None."""
     if not 0 <= stamp.nanos < 1_000_000_000:
         return None
     ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
@@ -329,7 +330,7 @@ class Processor:
 
     def _received_ms(self, event: event_pb2.ChatEvent, head: Head) -> int:
         if event.HasField("receive_time"):
-            received = _storable_ms(event.receive_time)
+            received = storable_ms(event.receive_time)
             if received is not None:
                 return received
         return head.item.enqueue_ms
@@ -360,7 +361,7 @@ class Processor:
             fencing_token=lease.token,
             raw_event=event,
         )
-        storable = event.HasField("event_time") and _storable_ms(event.event_time) is not None
+        storable = event.HasField("event_time") and storable_ms(event.event_time) is not None
         record.create_time.CopyFrom(event.event_time if storable else _timestamp_ms(received_ms))
         record.received_time.CopyFrom(_timestamp_ms(received_ms))
         record.respond_time.CopyFrom(_timestamp_ms(respond_ms))

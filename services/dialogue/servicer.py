@@ -32,6 +32,7 @@ from services.dialogue.processor import (
     RESULT_REFUSED,
     _user_ref,
     conversation_id,
+    storable_ms,
 )
 from services.dialogue.store import DeadLetterRecord, DialogueStore, QueueItem, SubmitStatus
 
@@ -122,12 +123,9 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
 
     @staticmethod
     def _item(event: event_pb2.ChatEvent) -> QueueItem:
-        order_ms = 0
-        if event.HasField("event_time"):
-            stamp = event.event_time
-            ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
-            # A time no clock gives (before 2001 or past 2200) orders nothing.
-            order_ms = ms if 978_307_200_000 <= ms < 7_258_118_400_000 else 0
+        ms = storable_ms(event.event_time) if event.HasField("event_time") else None
+        # A time no clock gives (before 2001, or none the chatlog keeps) orders nothing.
+        order_ms = ms if ms is not None and ms >= 978_307_200_000 else 0
         return QueueItem(
             item_id=event.event_id,
             kind="event",
