@@ -1,6 +1,10 @@
 """Structured logs: one JSON object per line, with the request id when there is one.
 
-Secrets never reach a log line: log ids and sizes, not tokens or bodies.
+Secrets never reach a log line: log ids and sizes, not tokens or bodies. As a
+second line of defence every line is passed through ``redact``, which masks
+tokens in URLs (``access_token=``, ``hub.verify_token=``), bearer credentials
+and ``appsecret_proof``, whichever logger wrote them; and the HTTP client
+libraries, which log every request URL at INFO, are held at WARNING.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -18,6 +23,26 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 # uvicorn adds an ANSI-coloured copy of its messages: not for JSON logs.
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+
+
+# Libraries that log each request's URL at INFO, query string included.
+_QUIET_LOGGERS = ("httpx", "httpcore", "hpack", "urllib3")
+
+_SECRET_PATTERNS = (
+    # name=value in a URL or form: the Graph API's token and proof, the webhook's verify token.
+    re.compile(
+        r"((?:access_token|appsecret_proof|verify_token|client_secret|password)=)[^&\s\"'\\]+",
+        re.IGNORECASE,
+    ),
+    re.compile(r"(\bBearer\s+)[^\s\"'\\,;]+", re.IGNORECASE),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of credentials in URLs and headers masked."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
 
 
 def _trace_id() -> str:
@@ -55,7 +80,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 def hashed(value: str) -> str:
@@ -70,6 +95,8 @@ def configure_logging(service: str, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -106,12 +106,14 @@ class ActionRunner:
                 response = await self._client.get(url, params=params, timeout=spec.timeout_s)
                 if response.status_code == 404:
                     raise _NotFound()
+                # Errors name the action, never the URL: it carries the user's words.
                 if response.status_code >= 500 or response.status_code == 429:
-                    raise _Retryable(f"{url} answered {response.status_code}")
-                response.raise_for_status()
+                    raise _Retryable(f"{spec.name} answered {response.status_code}")
+                if response.status_code >= 400:
+                    raise ValueError(f"{spec.name} answered {response.status_code}")
                 data = response.json()
                 if not isinstance(data, dict):
-                    raise ValueError(f"{url} answered {type(data).__name__}, not an object")
+                    raise ValueError(f"{spec.name} answered {type(data).__name__}, not an object")
                 return data
         raise AssertionError("unreachable")
 

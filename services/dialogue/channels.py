@@ -68,6 +68,11 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     return parts
 
 
+def _auth(tenant: Tenant) -> dict[str, str]:
+    # In a header, not the query string: URLs end up in logs, proxies and traces.
+    return {"Authorization": f"Bearer {tenant.page_access_token}"}
+
+
 class MessengerChannel:
     def __init__(
         self,
@@ -133,10 +138,7 @@ class MessengerChannel:
         # A typing indicator is never worth failing a message for.
         with contextlib.suppress(httpx.HTTPError):
             await self._client.post(
-                self._url,
-                params={"access_token": tenant.page_access_token},
-                json=body,
-                timeout=self._timeout_s,
+                self._url, headers=_auth(tenant), json=body, timeout=self._timeout_s
             )
 
     async def _post(self, tenant: Tenant, body: dict[str, object]) -> str:
@@ -153,10 +155,7 @@ class MessengerChannel:
     async def _post_once(self, tenant: Tenant, body: dict[str, object]) -> str:
         try:
             response = await self._client.post(
-                self._url,
-                params={"access_token": tenant.page_access_token},
-                json=body,
-                timeout=self._timeout_s,
+                self._url, headers=_auth(tenant), json=body, timeout=self._timeout_s
             )
         except httpx.HTTPError as exc:
             raise SendError(f"Send API unreachable: {exc!r}", permanent=False) from exc

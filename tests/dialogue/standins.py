@@ -53,6 +53,7 @@ class GraphApi:
     rule: Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     weather_status: int = 200
+    tokens: set[str] = field(default_factory=set)  # page tokens the Send API calls carried
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> GraphApi:
@@ -76,8 +77,14 @@ class GraphApi:
                 query = parse_qs(urlparse(self.path).query)
                 if not urlparse(self.path).path.endswith("/me/messages"):
                     return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
-                if not query.get("access_token"):
+                if query.get("access_token"):
+                    # Meta accepts it, but a URL is logged everywhere: the channel must not.
+                    return self._reply(400, {"error": {"message": "token in URL", "code": 100}})
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                if not token:
                     return self._reply(400, {"error": {"message": "no token", "code": 190}})
+                with api.lock:
+                    api.tokens.add(token)
                 if "sender_action" in body:
                     return self._reply(200, {"recipient_id": body["recipient"]["id"]})
                 if api.delay_s:
