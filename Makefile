@@ -31,6 +31,9 @@ NLU_PATH := $(CURDIR):$(CURDIR)/$(GEN_NLU)
 
 NLU_PORT ?= 50052
 
+TOXIPROXY_VERSION := v2.5.0
+TOXIPROXY := $(CHATBOT_CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/toxiproxy-server
+
 .PHONY: help
 help: ## List the targets.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -85,6 +88,15 @@ proto: $(GEN_PY)/.stamp $(GEN_NLU)/.stamp ## Generate the stubs for both environ
 .PHONY: train
 train: $(GEN_NLU)/.stamp ## Train the NLU model (cached by content: retrains only on change).
 	PYTHONPATH=$(NLU_PATH) $(NLU_PY) -m services.nlu train
+
+# ---- toxiproxy -------------------------------------------------------------
+
+# Keyed by version in the shared cache, like the NLU environment.
+$(TOXIPROXY):
+	bash scripts/toxiproxy.sh $(TOXIPROXY_VERSION) >/dev/null
+
+.PHONY: toxiproxy
+toxiproxy: $(TOXIPROXY) ## Build toxiproxy (network faults for the partition test) once, cached.
 
 # ---- system packages ------------------------------------------------------
 
@@ -154,8 +166,8 @@ k8s-check: $(VENV)/.installed ## Lint the Dockerfiles; render, validate and poli
 	bash scripts/k8s_check.sh
 
 .PHONY: test
-test: system-deps proto train lint breaking k8s-check ## Install what is missing and run every test.
-	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest
+test: system-deps proto train toxiproxy lint breaking k8s-check ## Install what is missing and run every test.
+	NLU_PYTHON=$(NLU_PY) TOXIPROXY_SERVER=$(TOXIPROXY) $(VENV)/bin/pytest
 
 .PHONY: bench-chatlog bench-dialogue bench-gateway
 bench-chatlog: $(GEN_PY)/.stamp ## Benchmark the chatlog on SQLite and Cassandra.
