@@ -1,8 +1,9 @@
 """Runs the whole stack on one machine under one supervisor.
 
-Redis (unless one already answers), NLU, chatlog (SQLite), dialogue and the
-gateway start in order, each waited for until healthy; their output is
-prefixed with their name; Ctrl-C stops them all, last started first.
+Redis (unless one already answers), NLU, chatlog (SQLite), the dialogue
+service's intake and worker processes and the gateway start in order, each
+waited for until healthy; their output is prefixed with their name; Ctrl-C
+stops them all, last started first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Service:
     http_health: str = ""
     ready_timeout_s: float = 60.0
     process: asyncio.subprocess.Process | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
@@ -98,11 +105,33 @@ class Stack:
                 {"PYTHONPATH": gen_py, "METRICS_PORT": e.get("CHATLOG_METRICS_PORT", "9053")},
                 grpc_port=int(e["CHATLOG_PORT"]),
             ),
+            # Two processes of the one service, as in Kubernetes: acknowledging
+            # a webhook never waits behind a turn on a shared event loop.
             Service(
                 "dialogue",
                 [py, "-m", "services.dialogue", "serve"],
-                {"PYTHONPATH": gen_py, "METRICS_PORT": e.get("DIALOGUE_METRICS_PORT", "9051")},
+                {
+                    "PYTHONPATH": gen_py,
+                    "DIALOGUE_ROLE": "intake",
+                    # A caller that moved the dialogue's metrics port gets no
+                    # second fixed port it did not ask for.
+                    "METRICS_PORT": e.get(
+                        "DIALOGUE_INTAKE_METRICS_PORT",
+                        "0" if "DIALOGUE_METRICS_PORT" in e else "9054",
+                    ),
+                },
                 grpc_port=int(e["DIALOGUE_PORT"]),
+            ),
+            Service(
+                "dialogue-worker",
+                [py, "-m", "services.dialogue", "serve"],
+                {
+                    "PYTHONPATH": gen_py,
+                    "DIALOGUE_ROLE": "worker",
+                    "DIALOGUE_PORT": e["DIALOGUE_WORKER_PORT"],
+                    "METRICS_PORT": e.get("DIALOGUE_METRICS_PORT", "9051"),
+                },
+                grpc_port=int(e["DIALOGUE_WORKER_PORT"]),
             ),
             Service(
                 "gateway",
@@ -210,6 +239,10 @@ def local_env() -> tuple[dict[str, str], list[str]]:
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
+    # Beside a moved DIALOGUE_PORT (tests, benchmarks) the worker takes a free port.
+    env.setdefault(
+        "DIALOGUE_WORKER_PORT", "50054" if env["DIALOGUE_PORT"] == "50051" else str(_free_port())
+    )
     env.setdefault("DIALOGUE_ADDRESS", f"127.0.0.1:{env['DIALOGUE_PORT']}")
     env.setdefault("NLU_ADDRESS", f"127.0.0.1:{env['NLU_PORT']}")
     env.setdefault("CHATLOG_ADDRESS", f"127.0.0.1:{env['CHATLOG_PORT']}")

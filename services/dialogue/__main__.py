@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         "serve",
         help="serve chatbot.dialogue.v1.DialogueService and run this replica's workers",
         description="Serve on GRPC_HOST:DIALOGUE_PORT (127.0.0.1:50051) with health and "
-        "reflection, /metrics on METRICS_PORT (9051). Queues and leases live in REDIS_URL "
+        "reflection, /metrics on METRICS_PORT (9051). DIALOGUE_ROLE chooses the half: "
+        "'intake' serves the API (events queued, acknowledged), 'worker' runs the turns "
+        "(health and reflection only on its port), 'all' (the default) both in one process. "
+        "Queues and leases live in REDIS_URL "
         "(a cluster node works too); the NLU and chatlog services are at NLU_ADDRESS and "
         "CHATLOG_ADDRESS; replies go to MESSENGER_GRAPH_API_URL. Tenants come from "
         "TENANTS_FILE or the MESSENGER_* variables; see the README for every setting.",
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         configure_logging("dialogue")
         from mesh.tracing import setup_tracing, shutdown_tracing
-        from services.dialogue.server import DialogueSettings, serve
+        from services.dialogue.server import serve
+        from services.dialogue.settings import DialogueSettings
 
         setup_tracing("dialogue")
         try:

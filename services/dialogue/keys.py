@@ -61,6 +61,7 @@ class UserKeys:
         self.last = f"{self.prefix}:last"
         self.sent = f"{self.prefix}:sent"
         self.dead_count = f"{self.prefix}:dead"
+        self.unsettled = f"{self.prefix}:unsettled"
 
     def seen(self, event_id: str) -> str:
         return f"{self.prefix}:seen:{event_id}"

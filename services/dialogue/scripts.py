@@ -8,17 +8,22 @@ mark a reply sent or store a result.
 
 from __future__ import annotations
 
-# KEYS: seen, queue, sched, lease, sent.
+# KEYS: seen, queue, sched, lease, sent, unsettled.
 # ARGV: entry, dedupe ttl (s), check dedupe (1/0), order (the event's own time
-# in ms; 0 queues at the end).
+# in ms; 0 queues at the end), evidence ttl (s).
 # Returns 0 duplicate, 1 accepted, 2 accepted and the user needs scheduling.
 # Deliveries can overtake each other on the way here (Messenger's order is
 # the events' timestamps), so an entry goes before queued entries with a later
 # time: never before a head a worker holds or has begun answering, never past
 # an entry without a time, and looking back at most 32 entries.
+# A repeated delivery (the channel is retrying) or an overtaken one marks the
+# user unsettled for a while: the evidence ACQUIRE needs to hold a fresh head.
 SUBMIT = """
 if ARGV[3] == '1' then
-  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('SET', KEYS[6], '1', 'EX', ARGV[5])
+    return 0
+  end
 end
 local order = tonumber(ARGV[4])
 local n = redis.call('LLEN', KEYS[2])
@@ -45,6 +50,7 @@ if order > 0 and n > 0 and later(redis.call('LINDEX', KEYS[2], -1)) then
 end
 if pivot then
   redis.call('LINSERT', KEYS[2], 'BEFORE', pivot, ARGV[1])
+  redis.call('SET', KEYS[6], '1', 'EX', ARGV[5])
 else
   redis.call('RPUSH', KEYS[2], ARGV[1])
 end
@@ -52,16 +58,19 @@ if redis.call('SET', KEYS[3], '1', 'NX') then return 2 end
 return 1
 """
 
-# KEYS: lease, fence, queue, sched, tries.
+# KEYS: lease, fence, queue, sched, tries, unsettled.
 # ARGV: holder, ttl (ms), now (ms, also the seed), reorder window (ms).
 # Returns the new fencing token, -1 when another worker holds the lease, 0
-# when there is nothing to do (and clears a stale schedule mark), or -2 - N
-# when the head is an event queued less than the window ago: come back in N
-# ms (an earlier event still on its way can go before it until then). A
-# missing counter starts from the seed (the time in milliseconds), so tokens
-# keep growing even if Redis lost its data: the chatlog, which remembers the
-# highest token per user, never sees an old number again. (Lua numbers are
-# doubles: the token is formatted with %d, never concatenated as a number.)
+# when there is nothing to do (and clears a stale schedule mark), or -2 - N:
+# come back in N ms. That hold is paid only on evidence that an earlier event
+# may still be on its way (the user is unsettled), and only until the window
+# has passed since the head's own time (or since it was queued, if the
+# sender's clock runs ahead): a delivery that took longer than the window
+# starts at once. A missing counter starts from the seed (the time in
+# milliseconds), so tokens keep growing even if Redis lost its data: the
+# chatlog, which remembers the highest token per user, never sees an old
+# number again. (Lua numbers are doubles: the token is formatted with %d,
+# never concatenated as a number.)
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[3]) == 0 then
@@ -69,12 +78,12 @@ if redis.call('LLEN', KEYS[3]) == 0 then
   return 0
 end
 local window = tonumber(ARGV[4])
-if window > 0 then
+if window > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
   local head = cjson.decode(redis.call('LINDEX', KEYS[3], 0))
-  local wait = tonumber(head['t'] or 0) + window - tonumber(ARGV[3])
-  if wait > 0 and tonumber(head['o'] or 0) > 0
-    and redis.call('HEXISTS', KEYS[5], head['i']) == 0 then
-    return -2 - math.floor(wait)
+  local own = tonumber(head['o'] or 0)
+  if own > 0 and redis.call('HEXISTS', KEYS[5], head['i']) == 0 then
+    local wait = math.min(own, tonumber(head['t'] or 0)) + window - tonumber(ARGV[3])
+    if wait > 0 then return -2 - math.floor(wait) end
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end

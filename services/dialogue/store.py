@@ -159,9 +159,12 @@ class StoreSettings:
     slot_ttl_s: int = 24 * 3600
     # A user not seen progressing for this long is checked by the reaper.
     stall_grace_s: float = 5.0
-    # A fresh event waits this long before a worker starts on it, so an earlier
-    # one whose delivery was overtaken on the way still goes first.
+    # On evidence that a user's deliveries are being retried or overtaking each
+    # other, a fresh event waits until this long after its own time before a
+    # worker starts on it, so an earlier one still on its way goes first.
     reorder_window_ms: int = 0
+    # How long that evidence lasts after the last repeated or overtaken delivery.
+    reorder_evidence_s: int = 30
 
 
 def _now_ms() -> int:
@@ -212,12 +215,20 @@ class DialogueStore:
         await self._touch(user, self.settings.stall_grace_s)
         outcome = int(
             await self._submit(
-                keys=[keys.seen(item.item_id), keys.queue, keys.sched, keys.lease, keys.sent],
+                keys=[
+                    keys.seen(item.item_id),
+                    keys.queue,
+                    keys.sched,
+                    keys.lease,
+                    keys.sent,
+                    keys.unsettled,
+                ],
                 args=[
                     item.encode(),
                     self.settings.dedupe_ttl_s,
                     "1" if dedupe else "0",
                     item.order_ms,
+                    self.settings.reorder_evidence_s,
                 ],
             )
         )
@@ -240,11 +251,11 @@ class DialogueStore:
         return UserId.from_member(popped[1])
 
     async def acquire(self, user: UserId) -> Lease | Hold | None:
-        """The user's lease; ``Hold`` when the head is too fresh to start on yet."""
+        """The user's lease; ``Hold`` when an earlier event may still arrive first."""
         keys = UserKeys(user)
         token = int(
             await self._acquire(
-                keys=[keys.lease, keys.fence, keys.queue, keys.sched, keys.tries],
+                keys=[keys.lease, keys.fence, keys.queue, keys.sched, keys.tries, keys.unsettled],
                 args=[
                     self.settings.holder,
                     self.settings.lease_ms,

@@ -1,8 +1,8 @@
 """A user's queue keeps the events' own order when deliveries overtake each other.
 
 Messenger's order is the events' timestamps; two webhooks in flight at once
-can reach the dialogue service in either order. These run the store's submit
-script against a real Redis.
+can reach the dialogue service in either order. The store's scripts run
+against a real Redis; the last tests run a dialogue process.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from services.dialogue.keys import UserId, UserKeys
 from services.dialogue.store import (
@@ -24,7 +25,11 @@ from services.dialogue.store import (
     StoreSettings,
     SubmitStatus,
 )
+from tests.dialogue.conftest import Replicas, message_event, submit, wait_for
+from tests.dialogue.standins import GraphApi
 from tests.redis_servers import RedisServer
+
+DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
 
 T = 1_800_000_000_000  # a plausible event time (ms)
 
@@ -112,24 +117,82 @@ async def test_duplicates_are_still_refused(store: DialogueStore) -> None:
     assert await _queued(store, user) == ["m1"]
 
 
-async def test_a_fresh_event_is_held_for_the_reorder_window(redis_server: RedisServer) -> None:
+async def _unsettle(store: DialogueStore, user: UserId) -> None:
+    """A repeated delivery: the evidence that deliveries are failing and retried."""
+    await store.submit(user, _item("retried", 0))
+    assert await store.submit(user, _item("retried", 0)) == SubmitStatus.DUPLICATE
+    lease = await store.acquire(user)
+    assert isinstance(lease, Lease)
+    head = await store.head(lease)
+    assert head is not None
+    await store.complete(lease, head, b"")
+    await store.release(lease)
+
+
+async def test_a_fresh_event_is_held_on_evidence_of_retries(redis_server: RedisServer) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
     store = DialogueStore(client, StoreSettings(holder="test", reorder_window_ms=400))
     try:
         user = _user()
+        await _unsettle(store, user)
         now = int(time.time() * 1000)
-        await store.submit(user, _item("m2", T + 200, enqueue_ms=now))
+        await store.submit(user, _item("m2", now, enqueue_ms=now))
         held = await store.acquire(user)
         assert isinstance(held, Hold)
         assert 0 < held.seconds <= 0.401
         # No lease is held meanwhile: the overtaken event still goes first.
-        await store.submit(user, _item("m1", T + 100, enqueue_ms=now))
+        await store.submit(user, _item("m1", now - 50, enqueue_ms=now))
         assert await _queued(store, user) == ["m1", "m2"]
         await asyncio.sleep(held.seconds)
         lease = await store.acquire(user)
         assert isinstance(lease, Lease)
         head = await store.head(lease)
         assert head is not None and head.item.item_id == "m1"
+    finally:
+        await client.aclose()
+
+
+async def test_an_overtaken_delivery_is_evidence_too(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = DialogueStore(client, StoreSettings(holder="test", reorder_window_ms=60_000))
+    try:
+        user = _user()
+        now = int(time.time() * 1000)
+        await store.submit(user, _item("m2", now, enqueue_ms=now))
+        await store.submit(user, _item("m1", now - 50, enqueue_ms=now))
+        assert isinstance(await store.acquire(user), Hold)
+    finally:
+        await client.aclose()
+
+
+async def test_nothing_is_held_without_evidence(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = DialogueStore(client, StoreSettings(holder="test", reorder_window_ms=60_000))
+    try:
+        user = _user()
+        now = int(time.time() * 1000)
+        await store.submit(user, _item("m1", now, enqueue_ms=now))
+        assert isinstance(await store.acquire(user), Lease)
+    finally:
+        await client.aclose()
+
+
+async def test_the_hold_runs_from_the_events_own_time(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = DialogueStore(client, StoreSettings(holder="test", reorder_window_ms=1_000))
+    try:
+        now = int(time.time() * 1000)
+        # Sent 5 s ago, delivered now: it took longer than the window, no hold.
+        late = _user()
+        await _unsettle(store, late)
+        await store.submit(late, _item("m1", now - 5_000, enqueue_ms=now))
+        assert isinstance(await store.acquire(late), Lease)
+        # A sender's clock 1 h ahead: held from the time it was queued, not 1 h.
+        ahead = _user()
+        await _unsettle(store, ahead)
+        await store.submit(ahead, _item("m1", now + 3_600_000, enqueue_ms=now))
+        held = await store.acquire(ahead)
+        assert isinstance(held, Hold) and held.seconds <= 1.001
     finally:
         await client.aclose()
 
@@ -142,10 +205,39 @@ async def test_old_items_and_items_without_a_time_are_not_held(
     try:
         now = int(time.time() * 1000)
         agent = _user()
+        await _unsettle(store, agent)
         await store.submit(agent, _item("agent", 0, enqueue_ms=now))
         assert isinstance(await store.acquire(agent), Lease)
         queued_long_ago = _user()
+        await _unsettle(store, queued_long_ago)
         await store.submit(queued_long_ago, _item("m1", T, enqueue_ms=now - 61_000))
         assert isinstance(await store.acquire(queued_long_ago), Lease)
     finally:
         await client.aclose()
+
+
+def test_swapped_deliveries_of_a_retried_user_are_answered_in_their_own_order(
+    replicas: Replicas, graph_api: GraphApi
+) -> None:
+    """Two of a user's messages arrive in separate deliveries, the later one
+    first, after a repeated delivery showed the channel retrying: the replies
+    follow the messages' own times, not the order they arrived in."""
+    replicas.start(1, DIALOGUE_REORDER_WINDOW_MS="1500")
+    stub = replicas.stub()
+    submit(stub, message_event("swapped", "m_0", "hello"))
+    assert submit(stub, message_event("swapped", "m_0", "hello")) == [DUPLICATE]
+    wait_for(lambda: len(graph_api.sent) == 1)
+    now = int(time.time() * 1000)
+    submit(stub, message_event("swapped", "m_2", "thanks", at_ms=now))
+    submit(stub, message_event("swapped", "m_1", "bye", at_ms=now - 20))
+    wait_for(lambda: len(graph_api.sent) == 3)
+    assert [s.in_reply_to for s in graph_api.sent] == ["m_0", "m_1", "m_2"]
+
+
+def test_an_idle_user_is_answered_without_a_hold(replicas: Replicas, graph_api: GraphApi) -> None:
+    """No sign of an overtaken delivery: the message is not held for one."""
+    replicas.start(1, DIALOGUE_REORDER_WINDOW_MS="600000")
+    stub = replicas.stub()
+    submit(stub, message_event("idle", "m_1", "hello"))
+    # With a ten-minute hold this could only pass by not holding.
+    wait_for(lambda: len(graph_api.sent) == 1, timeout=60)
