@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         "(1 MiB), GATEWAY_SUBMIT_TIMEOUT (3 s), GATEWAY_CONVERSE_TIMEOUT (10 s), "
         "GATEWAY_USER_RATE_LIMIT (30) and GATEWAY_TENANT_RATE_LIMIT (1200) per "
         "GATEWAY_RATE_LIMIT_WINDOW (60 s), GATEWAY_READY_REQUIRES (dialogue,chatlog,nlu). "
+        "Behind a reverse proxy: GATEWAY_FORWARDED_ALLOW_IPS (127.0.0.1,::1) names the peers "
+        "whose X-Forwarded-For/-Proto are believed; GATEWAY_HSTS_SECONDS (0: none) sends "
+        "Strict-Transport-Security over https; ADMIN_COOKIE_SECURE (auto) makes the console's "
+        "cookies Secure. "
         "The admin console is at /admin (its JSON API at /api/admin), behind a login: "
         "ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) create the first "
         "administrator; `chatbot users add` adds more.",

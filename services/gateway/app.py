@@ -30,7 +30,7 @@ from services.gateway.dialogue import DialogueClient
 from services.gateway.messenger import webhook
 from services.gateway.messenger.pages import PageDirectory
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import RequestContextMiddleware
+from services.gateway.middleware import RequestContextMiddleware, StrictTransportSecurityMiddleware
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.readiness import SERVING, Readiness
 from services.gateway.settings import GatewaySettings
@@ -122,8 +122,9 @@ def create_app(
             for resource in reversed(started):
                 await resource.close()
 
-    return Starlette(
-        routes=routes,
-        middleware=[Middleware(RequestContextMiddleware, metrics=metrics, routes=routes)],
-        lifespan=lifespan,
-    )
+    middleware = [Middleware(RequestContextMiddleware, metrics=metrics, routes=routes)]
+    if settings.hsts_seconds:
+        middleware.append(
+            Middleware(StrictTransportSecurityMiddleware, max_age=settings.hsts_seconds)
+        )
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

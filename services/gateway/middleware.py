@@ -90,3 +90,29 @@ class RequestContextMiddleware:
                 time.perf_counter() - started
             )
             request_id_var.reset(token)
+
+
+class StrictTransportSecurityMiddleware:
+    """``Strict-Transport-Security`` on every response to an https request.
+
+    Behind a TLS-terminating proxy the scheme is the one its
+    ``X-Forwarded-Proto`` names (uvicorn believes the peers in
+    ``GATEWAY_FORWARDED_ALLOW_IPS``); over plain http nothing is added, as RFC 6797
+    asks and as a local run needs.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_age: int) -> None:
+        self.app = app
+        self._value = f"max-age={max_age}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Strict-Transport-Security", self._value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)

@@ -34,9 +34,9 @@ def build_app(
     )
 
 
-def serve(settings: GatewaySettings, tenants: Tenants, app: Starlette | None = None) -> None:
-    config = uvicorn.Config(
-        app or build_app(settings, tenants),
+def uvicorn_config(settings: GatewaySettings, app: Starlette) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -44,5 +44,11 @@ def serve(settings: GatewaySettings, tenants: Tenants, app: Starlette | None = N
         access_log=False,  # the gateway logs and counts requests itself
         server_header=False,
         timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        # Explicit, so uvicorn's own FORWARDED_ALLOW_IPS default never applies.
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
     )
-    uvicorn.Server(config).run()
+
+
+def serve(settings: GatewaySettings, tenants: Tenants, app: Starlette | None = None) -> None:
+    uvicorn.Server(uvicorn_config(settings, app or build_app(settings, tenants))).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from mesh import ConfigError, Env
@@ -36,6 +37,14 @@ class GatewaySettings:
     readiness_timeout: float = 1.0
     # The dependencies /readyz requires to be SERVING (every one is reported).
     ready_requires: tuple[str, ...] = _DEPENDENCIES
+    # Peers (addresses, networks, or "*") whose X-Forwarded-For and
+    # X-Forwarded-Proto uvicorn believes: the reverse proxy in front, so that the
+    # client's address (login lockout, logs) and scheme (Secure cookies, HSTS)
+    # are the browser's, not the proxy's. Anyone else's headers are ignored.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Strict-Transport-Security max-age on https responses; 0 sends none (local
+    # http runs; a browser ignores the header over http anyway).
+    hsts_seconds: int = 0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -71,6 +80,8 @@ class GatewaySettings:
             rate_limit_window=_positive(env, "GATEWAY_RATE_LIMIT_WINDOW", 60.0),
             readiness_timeout=_positive(env, "GATEWAY_READINESS_TIMEOUT", 1.0),
             ready_requires=requires,
+            forwarded_allow_ips=_peers(env, "GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+            hsts_seconds=env.integer("GATEWAY_HSTS_SECONDS", 0, minimum=0),
         )
 
     @property
@@ -94,3 +105,17 @@ def _positive(env: Env, name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name}={value} must be positive")
     return value
+
+
+def _peers(env: Env, name: str, default: str) -> tuple[str, ...]:
+    # uvicorn quietly treats a malformed entry as a name that never matches;
+    # here it is a configuration error instead.
+    peers = tuple(p.strip() for p in env.string(name, default).split(",") if p.strip())
+    for peer in peers:
+        if peer == "*":
+            continue
+        try:
+            ipaddress.ip_network(peer)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {peer!r} is not an address or a network: {exc}") from None
+    return peers

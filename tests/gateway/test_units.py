@@ -13,6 +13,7 @@ from chatbot.common.v1 import event_pb2 as ev
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
+from starlette.testclient import TestClient
 
 from mesh import ConfigError, Env
 from mesh.tenants import Tenant, Tenants
@@ -42,6 +43,20 @@ def test_settings_defaults() -> None:
     }
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.submit_timeout == 3.0
+    # Local runs: only a proxy on this machine is believed, and no HSTS over http.
+    assert settings.forwarded_allow_ips == ("127.0.0.1", "::1")
+    assert settings.hsts_seconds == 0
+
+
+def test_forwarded_peers_are_addresses_networks_or_any() -> None:
+    given = {"GATEWAY_FORWARDED_ALLOW_IPS": " 10.0.0.0/8, fd00::/8 ,192.0.2.7,"}
+    assert GatewaySettings.from_env(Env(given)).forwarded_allow_ips == (
+        "10.0.0.0/8",
+        "fd00::/8",
+        "192.0.2.7",
+    )
+    star = GatewaySettings.from_env(Env({"GATEWAY_FORWARDED_ALLOW_IPS": "*"}))
+    assert star.forwarded_allow_ips == ("*",)
 
 
 def test_addresses_follow_the_ports_unless_given() -> None:
@@ -59,6 +74,10 @@ def test_addresses_follow_the_ports_unless_given() -> None:
         {"GATEWAY_SUBMIT_TIMEOUT": "0"},
         {"GATEWAY_MAX_BODY_BYTES": "0"},
         {"GATEWAY_READY_REQUIRES": "dialogue,cache"},
+        # uvicorn would take these as names that never match, trusting no one.
+        {"GATEWAY_FORWARDED_ALLOW_IPS": "ingress-nginx"},
+        {"GATEWAY_FORWARDED_ALLOW_IPS": "10.1.2.3/8"},
+        {"GATEWAY_HSTS_SECONDS": "-1"},
     ],
 )
 def test_bad_settings_fail_loudly(environ: dict[str, str]) -> None:
@@ -238,6 +257,23 @@ async def test_the_app_in_process_maps_dialogue_answers(client: FakeDialogue, st
         assert rejected.status_code == 422
         assert (await http.get("/readyz")).json()["status"] == "ready"
     assert client.batches == [["m_1"]]
+
+
+@pytest.mark.parametrize(
+    ("hsts_seconds", "base_url", "expected"),
+    [
+        (31536000, "https://gateway", "max-age=31536000"),
+        (31536000, "http://gateway", None),  # never over plain http (RFC 6797)
+        (0, "https://gateway", None),
+    ],
+)
+def test_hsts_is_sent_over_https_when_configured(
+    hsts_seconds: int, base_url: str, expected: str | None
+) -> None:
+    app = create_app(GatewaySettings(hsts_seconds=hsts_seconds), _app_tenants(), FakeDialogue())
+    with TestClient(app, base_url=base_url) as client:
+        for response in (client.get("/healthz"), client.get("/no/such/path")):
+            assert response.headers.get("strict-transport-security") == expected
 
 
 async def test_the_app_closes_what_it_started() -> None:
