@@ -8,10 +8,13 @@ mark a reply sent or store a result.
 
 from __future__ import annotations
 
-# KEYS: seen, queue, sched, lease, sent, unsettled.
+# KEYS: seen, queue, sched, lease, sent, unsettled[, active index, ready list].
 # ARGV: entry, dedupe ttl (s), check dedupe (1/0), order (the event's own time
-# in ms; 0 queues at the end), evidence ttl (s).
+# in ms; 0 queues at the end), evidence ttl (s)[, member, index deadline (s)].
 # Returns 0 duplicate, 1 accepted, 2 accepted and the user needs scheduling.
+# With the index keys (a single Redis, where every key is on one node) the
+# script also indexes and schedules the user: the whole submission is one
+# atomic round trip. Under Redis Cluster the caller does those two steps.
 # Deliveries can overtake each other on the way here (Messenger's order is
 # the events' timestamps), so an entry goes before queued entries with a later
 # time: never before a head a worker holds or has begun answering, never past
@@ -25,6 +28,7 @@ if ARGV[3] == '1' then
     return 0
   end
 end
+if #KEYS >= 8 then redis.call('ZADD', KEYS[7], 'GT', ARGV[7], ARGV[6]) end
 local order = tonumber(ARGV[4])
 local n = redis.call('LLEN', KEYS[2])
 local pivot = false
@@ -54,42 +58,53 @@ if pivot then
 else
   redis.call('RPUSH', KEYS[2], ARGV[1])
 end
-if redis.call('SET', KEYS[3], '1', 'NX') then return 2 end
+if redis.call('SET', KEYS[3], '1', 'NX') then
+  if #KEYS >= 8 then redis.call('RPUSH', KEYS[8], ARGV[6]) end
+  return 2
+end
 return 1
 """
 
-# KEYS: lease, fence, queue, sched, tries, unsettled.
-# ARGV: holder, ttl (ms), now (ms, also the seed), reorder window (ms).
-# Returns the new fencing token, -1 when another worker holds the lease, 0
-# when there is nothing to do (and clears a stale schedule mark), or -2 - N:
-# come back in N ms. That hold is paid only on evidence that an earlier event
-# may still be on its way (the user is unsettled), and only until the window
-# has passed since the head's own time (or since it was queued, if the
-# sender's clock runs ahead): a delivery that took longer than the window
-# starts at once. A missing counter starts from the seed (the time in
-# milliseconds), so tokens keep growing even if Redis lost its data: the
+# KEYS: lease, fence, queue, sched, tries, unsettled, sent, slots, handoff
+#       [, active index].
+# ARGV: holder, ttl (ms), now (ms, also the seed), reorder window (ms)
+#       [, member, index deadline (s)].
+# Returns {token, head, tries, sent, slots, handoff}: the lease is taken and
+# the head loaded in one step; or {-1} when another worker holds the lease,
+# {0} when there is nothing to do (and clears a stale schedule mark), or
+# {-2 - N}: come back in N ms. That hold is paid only on evidence that an
+# earlier event may still be on its way (the user is unsettled), and only
+# until the window has passed since the head's own time (or since it was
+# queued, if the sender's clock runs ahead): a delivery that took longer than
+# the window starts at once. A missing counter starts from the seed (the time
+# in milliseconds), so tokens keep growing even if Redis lost its data: the
 # chatlog, which remembers the highest token per user, never sees an old
 # number again. (Lua numbers are doubles: the token is formatted with %d,
 # never concatenated as a number.)
 ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-if redis.call('LLEN', KEYS[3]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local raw = redis.call('LINDEX', KEYS[3], 0)
+if not raw then
   redis.call('DEL', KEYS[4])
-  return 0
+  return {0}
 end
+local head = cjson.decode(raw)
+local tries = tonumber(redis.call('HGET', KEYS[5], head['i']) or '0')
 local window = tonumber(ARGV[4])
-if window > 0 and redis.call('EXISTS', KEYS[6]) == 1 then
-  local head = cjson.decode(redis.call('LINDEX', KEYS[3], 0))
+if window > 0 and tries == 0 and redis.call('EXISTS', KEYS[6]) == 1 then
   local own = tonumber(head['o'] or 0)
-  if own > 0 and redis.call('HEXISTS', KEYS[5], head['i']) == 0 then
+  if own > 0 then
     local wait = math.min(own, tonumber(head['t'] or 0)) + window - tonumber(ARGV[3])
-    if wait > 0 then return -2 - math.floor(wait) end
+    if wait > 0 then return {-2 - math.floor(wait)} end
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', token), 'PX', ARGV[2])
-return token
+if #KEYS >= 10 then redis.call('ZADD', KEYS[10], 'GT', ARGV[6], ARGV[5]) end
+local sent = tonumber(redis.call('HGET', KEYS[7], head['i']) or '0')
+return {string.format('%d', token), raw, tries, sent,
+        redis.call('HGETALL', KEYS[8]), redis.call('HGETALL', KEYS[9])}
 """
 
 # KEYS: lease. ARGV: value, ttl (ms). Returns 1 when still ours (and extended).
@@ -125,10 +140,14 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 """
 
-# KEYS: lease, queue, tries, sent, last, slots, handoff, result, done.
+# KEYS: lease, queue, tries, sent, last, slots, handoff, result, done, sched
+#       [, active index, ready list].
 # ARGV: value, head entry, item id, result, result ttl (s), now (ms),
-#       slots (json object; "" keeps them), slot ttl (s), handoff (json; "" keeps it).
-# Removes the head and records its outcome in one step. Returns the queue's
+#       slots (json object; "" keeps them), slot ttl (s), handoff (json; "" keeps it),
+#       release (1/0)[, member, index deadline (s)].
+# Removes the head and records its outcome in one step; with release, also
+# gives the lease up (the end of the turn) and, on a single Redis, puts a user
+# with more queued back at the tail of the ready list. Returns the queue's
 # remaining length, -1 when the lease is lost, -2 when the head is not ours.
 COMPLETE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -150,7 +169,17 @@ redis.call('SET', KEYS[8], ARGV[4], 'EX', ARGV[5])
 redis.call('DEL', KEYS[9])
 redis.call('RPUSH', KEYS[9], '1')
 redis.call('EXPIRE', KEYS[9], ARGV[5])
-return redis.call('LLEN', KEYS[2])
+local n = redis.call('LLEN', KEYS[2])
+if ARGV[10] == '1' then
+  redis.call('DEL', KEYS[1])
+  if n == 0 then
+    redis.call('DEL', KEYS[10])
+  elseif #KEYS >= 12 then
+    redis.call('ZADD', KEYS[11], 'GT', ARGV[12], ARGV[11])
+    redis.call('RPUSH', KEYS[12], ARGV[11])
+  end
+end
+return n
 """
 
 # KEYS: lease, queue, tries, sent, dead count, result, done.

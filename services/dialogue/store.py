@@ -11,7 +11,7 @@ import base64
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -83,12 +83,22 @@ class Hold:
     seconds: float
 
 
+@dataclass
+class LeaseState:
+    """What one turn changes about its lease as it goes."""
+
+    # The next ``complete`` also gives the lease up: the turn's last item.
+    release_on_complete: bool = False
+    released: bool = False
+
+
 @dataclass(frozen=True)
 class Lease:
     user: UserId
     keys: UserKeys
     token: int
     value: str
+    state: LeaseState = field(default_factory=LeaseState, compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,14 @@ class Head:
     replies_sent: int
     slots: dict[str, str]
     handoff: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The user's lease, and the head of their queue loaded with it."""
+
+    lease: Lease
+    head: Head | None
 
 
 @dataclass(frozen=True)
@@ -193,6 +211,9 @@ class DialogueStore:
         # Blocking pops wait longer than a normal command's time-out.
         self.blocking: Any = blocking or redis
         self.settings = settings
+        # On a single Redis every key lives on one node, so the scripts also
+        # index and schedule users themselves; a cluster needs separate steps.
+        self.single_node = not isinstance(redis, RedisCluster)
         self._submit = redis.register_script(scripts.SUBMIT)
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._renew = redis.register_script(scripts.RENEW)
@@ -211,30 +232,31 @@ class DialogueStore:
     async def submit(self, user: UserId, item: QueueItem, *, dedupe: bool = True) -> SubmitStatus:
         """Queues ``item`` for ``user`` unless its id was seen (one atomic step)."""
         keys = UserKeys(user)
-        # Indexed first: if this process dies after queueing, the reaper finds the user.
-        await self._touch(user, self.settings.stall_grace_s)
-        outcome = int(
-            await self._submit(
-                keys=[
-                    keys.seen(item.item_id),
-                    keys.queue,
-                    keys.sched,
-                    keys.lease,
-                    keys.sent,
-                    keys.unsettled,
-                ],
-                args=[
-                    item.encode(),
-                    self.settings.dedupe_ttl_s,
-                    "1" if dedupe else "0",
-                    item.order_ms,
-                    self.settings.reorder_evidence_s,
-                ],
-            )
-        )
+        script_keys = [
+            keys.seen(item.item_id),
+            keys.queue,
+            keys.sched,
+            keys.lease,
+            keys.sent,
+            keys.unsettled,
+        ]
+        args: list[str | int | float] = [
+            item.encode(),
+            self.settings.dedupe_ttl_s,
+            "1" if dedupe else "0",
+            item.order_ms,
+            self.settings.reorder_evidence_s,
+        ]
+        if self.single_node:
+            script_keys += [ACTIVE_INDEX, READY_LIST]
+            args += [user.member(), time.time() + self.settings.stall_grace_s]
+        else:
+            # Indexed first: if this process dies after queueing, the reaper finds the user.
+            await self._touch(user, self.settings.stall_grace_s)
+        outcome = int(await self._submit(keys=script_keys, args=args))
         if outcome == 0:
             return SubmitStatus.DUPLICATE
-        if outcome == 2:
+        if outcome == 2 and not self.single_node:
             await self.redis.rpush(READY_LIST, user.member())
         return SubmitStatus.ACCEPTED
 
@@ -245,31 +267,59 @@ class DialogueStore:
 
     async def next_ready(self, timeout_s: float) -> UserId | None:
         """Blocks until a user is ready (or the timeout passes)."""
-        popped = await self.blocking.blpop([READY_LIST], timeout=timeout_s)
+        users = await self.next_ready_batch(timeout_s, 1)
+        return users[0] if users else None
+
+    async def next_ready_batch(self, timeout_s: float, count: int) -> list[UserId]:
+        """Blocks until a user is ready; returns up to ``count`` of them at once."""
+        popped = await self.blocking.blmpop(timeout_s, 1, READY_LIST, direction="LEFT", count=count)
         if not popped:
-            return None
-        return UserId.from_member(popped[1])
+            return []
+        return [UserId.from_member(member) for member in popped[1]]
 
     async def acquire(self, user: UserId) -> Lease | Hold | None:
         """The user's lease; ``Hold`` when an earlier event may still arrive first."""
-        keys = UserKeys(user)
-        token = int(
-            await self._acquire(
-                keys=[keys.lease, keys.fence, keys.queue, keys.sched, keys.tries, keys.unsettled],
-                args=[
-                    self.settings.holder,
-                    self.settings.lease_ms,
-                    _now_ms(),
-                    self.settings.reorder_window_ms,
-                ],
-            )
-        )
-        if token <= -2:
-            return Hold((-2 - token + 1) / 1000)
-        if token <= 0:
+        taken = await self.take(user)
+        return taken.lease if isinstance(taken, Acquired) else taken
+
+    async def take(self, user: UserId) -> Acquired | Hold | None:
+        """The user's lease and their queue's head in one step; ``Hold`` when an
+        earlier event may still arrive first; None when another worker has the
+        user or nothing is queued."""
+        k = UserKeys(user)
+        lease_s = self.settings.lease_ms / 1000
+        keys = [
+            k.lease, k.fence, k.queue, k.sched, k.tries, k.unsettled, k.sent, k.slots, k.handoff,
+        ]  # fmt: skip
+        args: list[str | int | float] = [
+            self.settings.holder,
+            self.settings.lease_ms,
+            _now_ms(),
+            self.settings.reorder_window_ms,
+        ]
+        if self.single_node:
+            keys.append(ACTIVE_INDEX)
+            args += [user.member(), time.time() + lease_s + self.settings.stall_grace_s]
+        reply = await self._acquire(keys=keys, args=args)
+        code = int(reply[0])
+        if code <= -2:
+            return Hold((-2 - code + 1) / 1000)
+        if code <= 0:
             return None
-        await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)
-        return Lease(user, keys, token, f"{self.settings.holder}|{token}")
+        if not self.single_node:
+            await self._touch(user, lease_s + self.settings.stall_grace_s)
+        lease = Lease(user, k, code, f"{self.settings.holder}|{code}")
+        _, raw, attempts, sent, slots, handoff = reply
+        raw_text = _text(raw)
+        head = Head(
+            raw_text,
+            QueueItem.decode(raw_text),
+            int(attempts),
+            int(sent),
+            _pairs(slots),
+            _pairs(handoff),
+        )
+        return Acquired(lease, head)
 
     async def renew(self, lease: Lease) -> bool:
         ok = await self._renew(keys=[lease.keys.lease], args=[lease.value, self.settings.lease_ms])
@@ -324,36 +374,38 @@ class DialogueStore:
         slots: Mapping[str, str] | None = None,
         handoff: Mapping[str, str] | None = None,
     ) -> int:
-        """Dequeues the head and stores its result; returns what remains queued."""
+        """Dequeues the head and stores its result; returns what remains queued.
+
+        At the turn's last item (``lease.state.release_on_complete``) the same
+        step gives the lease up."""
         k = lease.keys
-        remaining = int(
-            await self._complete(
-                keys=[
-                    k.lease,
-                    k.queue,
-                    k.tries,
-                    k.sent,
-                    k.last,
-                    k.slots,
-                    k.handoff,
-                    k.result(head.item.item_id),
-                    k.done(head.item.item_id),
-                ],
-                args=[
-                    lease.value,
-                    head.raw,
-                    head.item.item_id,
-                    result,
-                    self.settings.result_ttl_s,
-                    _now_ms(),
-                    json.dumps(dict(slots)) if slots else "",
-                    self.settings.slot_ttl_s,
-                    json.dumps(dict(handoff)) if handoff else "",
-                ],
-            )
-        )
+        release = lease.state.release_on_complete
+        keys = [
+            k.lease, k.queue, k.tries, k.sent, k.last, k.slots, k.handoff,
+            k.result(head.item.item_id), k.done(head.item.item_id), k.sched,
+        ]  # fmt: skip
+        args: list[str | int | float | bytes] = [
+            lease.value,
+            head.raw,
+            head.item.item_id,
+            result,
+            self.settings.result_ttl_s,
+            _now_ms(),
+            json.dumps(dict(slots)) if slots else "",
+            self.settings.slot_ttl_s,
+            json.dumps(dict(handoff)) if handoff else "",
+            "1" if release else "0",
+        ]
+        if self.single_node:
+            keys += [ACTIVE_INDEX, READY_LIST]
+            args += [lease.user.member(), time.time() + self.settings.stall_grace_s]
+        remaining = int(await self._complete(keys=keys, args=args))
         if remaining < 0:
             raise Fenced(f"lease {lease.value} lost (complete: {remaining})")
+        if release:
+            lease.state.released = True
+            if remaining > 0 and not self.single_node:
+                await self._reschedule(lease.user)
         return remaining
 
     async def dead_letter(self, lease: Lease, head: Head, error: str, result: bytes) -> None:
@@ -395,9 +447,12 @@ class DialogueStore:
         k = lease.keys
         remaining = int(await self._release(keys=[k.lease, k.queue, k.sched], args=[lease.value]))
         if remaining > 0:
-            # Back to the tail of the ready list: the other users go first.
-            await self._touch(lease.user, self.settings.stall_grace_s)
-            await self.redis.rpush(READY_LIST, lease.user.member())
+            await self._reschedule(lease.user)
+
+    async def _reschedule(self, user: UserId) -> None:
+        # Back to the tail of the ready list: the other users go first.
+        await self._touch(user, self.settings.stall_grace_s)
+        await self.redis.rpush(READY_LIST, user.member())
 
     # ---- waiting for results ----------------------------------------------
 

@@ -24,7 +24,7 @@ from mesh.logging import hashed
 from services.dialogue import metrics
 from services.dialogue.keys import UserId
 from services.dialogue.processor import RESULT_DEAD, Processor
-from services.dialogue.store import DialogueStore, Fenced, Head, Hold, Lease
+from services.dialogue.store import Acquired, DialogueStore, Fenced, Head, Hold, Lease
 
 _log = get_logger("dialogue.worker")
 
@@ -63,25 +63,34 @@ class Workers:
     async def _dispatch_forever(self) -> None:
         backoff = 0.2
         while True:
+            # Wait for one free slot, then take every other free one: a backlog
+            # is popped many users per call instead of one.
             await self._slots.acquire()
+            free = 1
+            while free < self._settings.concurrency and not self._slots.locked():
+                await self._slots.acquire()
+                free += 1
             try:
-                user = await self._store.next_ready(self._settings.block_s)
+                users = await self._store.next_ready_batch(self._settings.block_s, free)
                 backoff = 0.2
             except RedisError as exc:
-                self._slots.release()
+                self._release_slots(free)
                 _log.warning("ready list unreachable", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except BaseException:
-                self._slots.release()
+                self._release_slots(free)
                 raise
-            if user is None:
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._turn(user))
-            self._turns.add(task)
-            task.add_done_callback(self._turn_done)
+            self._release_slots(free - len(users))
+            for user in users:
+                task = asyncio.create_task(self._turn(user))
+                self._turns.add(task)
+                task.add_done_callback(self._turn_done)
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     def _turn_done(self, task: asyncio.Task[None]) -> None:
         self._turns.discard(task)
@@ -89,17 +98,17 @@ class Workers:
         if not task.cancelled() and task.exception() is not None:
             _log.error("turn failed", extra={"error": repr(task.exception())})
 
-    async def _acquire_popped(self, user: UserId) -> Lease | None:
+    async def _take_popped(self, user: UserId) -> Acquired | None:
         # This worker took the user off the ready list: until it holds the lease
         # nobody else serves them but the reaper, much later. So a Redis outage
         # is waited out here rather than dropping the user.
         backoff = 0.2
         while True:
             try:
-                lease = await self._store.acquire(user)
-                if not isinstance(lease, Hold):
-                    return lease
-                await asyncio.sleep(lease.seconds)
+                taken = await self._store.take(user)
+                if not isinstance(taken, Hold):
+                    return taken
+                await asyncio.sleep(taken.seconds)
                 continue
             except RedisError as exc:
                 _log.warning("lease not acquired; retrying", extra={"error": repr(exc)})
@@ -107,17 +116,18 @@ class Workers:
                 backoff = min(backoff * 2, 5.0)
 
     async def _turn(self, user: UserId) -> None:
-        lease = await self._acquire_popped(user)
-        if lease is None:
+        taken = await self._take_popped(user)
+        if taken is None:
             return  # another worker has the user, or nothing is left
+        lease = taken.lease
         metrics.LEASES.inc()
-        work = asyncio.create_task(self._work(lease))
+        work = asyncio.create_task(self._work(lease, taken.head))
         lost = False
         try:
             interval = self._store.settings.lease_ms / 3000
             while not work.done():
                 await asyncio.wait({work}, timeout=interval)
-                if work.done():
+                if work.done() or lease.state.released:
                     break
                 try:
                     still_ours = await self._store.renew(lease)
@@ -148,7 +158,7 @@ class Workers:
             metrics.LEASES.dec()
             if not work.done():
                 work.cancel()
-            if not lost:
+            if not lost and not lease.state.released:
                 try:
                     await self._store.release(lease)
                 except (RedisError, Fenced) as exc:
@@ -156,56 +166,61 @@ class Workers:
                         "release failed; the lease will expire", extra={"error": repr(exc)}
                     )
 
-    async def _work(self, lease: Lease) -> None:
+    async def _work(self, lease: Lease, first: Head | None) -> None:
         done = 0
+        head: Head | None = first
         while done < self._settings.turn_items:
-            head = await self._store.head(lease)
             if head is None:
-                return
-            if head.attempts >= self._settings.max_attempts:
-                await self._dead_letter(lease, head, "too many failed attempts")
+                head = await self._store.head(lease)
+                if head is None:
+                    return
+            # The turn's last item gives the lease up as it completes.
+            lease.state.release_on_complete = done + 1 >= self._settings.turn_items
+            current, head = head, None  # each step below moves on to a fresh head
+            if current.attempts >= self._settings.max_attempts:
+                await self._dead_letter(lease, current, "too many failed attempts")
                 done += 1
                 continue
             started = time.perf_counter()
             try:
                 with tracing.span(
                     "dialogue.process",
-                    parent={"traceparent": head.item.traceparent}
-                    if head.item.traceparent
+                    parent={"traceparent": current.item.traceparent}
+                    if current.item.traceparent
                     else None,
                     kind="consumer",
                     attributes={
                         "chatbot.tenant": lease.user.tenant_id,
-                        "chatbot.item": head.item.item_id,
+                        "chatbot.item": current.item.item_id,
                         "chatbot.fencing_token": lease.token,
-                        "chatbot.queue_wait_ms": int(time.time() * 1000) - head.item.enqueue_ms,
+                        "chatbot.queue_wait_ms": int(time.time() * 1000) - current.item.enqueue_ms,
                     },
                 ):
-                    await self._processor.process(lease, head)
+                    await self._processor.process(lease, current)
             except (Fenced, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 metrics.ATTEMPTS_FAILED.inc()
-                attempts = await self._store.record_failure(lease, head.item.item_id)
+                attempts = await self._store.record_failure(lease, current.item.item_id)
                 _log.warning(
                     "processing failed",
                     extra={
                         "tenant": lease.user.tenant_id,
                         "user": hashed(lease.user.user_id),
-                        "item": head.item.item_id,
+                        "item": current.item.item_id,
                         "token": lease.token,
                         "attempt": attempts,
                         "error": repr(exc),
                     },
                 )
                 if attempts >= self._settings.max_attempts:
-                    await self._dead_letter(lease, head, repr(exc), attempts)
+                    await self._dead_letter(lease, current, repr(exc), attempts)
                     done += 1
                 else:
                     await asyncio.sleep(self._settings.retry_backoff_s * 2 ** (attempts - 1))
                 continue
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
-            metrics.MESSAGES_PROCESSED.labels(head.item.kind).inc()
+            metrics.MESSAGES_PROCESSED.labels(current.item.kind).inc()
             done += 1
 
     async def _dead_letter(self, lease: Lease, head: Head, error: str, attempts: int = 0) -> None:

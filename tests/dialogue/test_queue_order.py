@@ -224,20 +224,20 @@ def test_swapped_deliveries_of_a_retried_user_are_answered_in_their_own_order(
     follow the messages' own times, not the order they arrived in."""
     replicas.start(1, DIALOGUE_REORDER_WINDOW_MS="1500")
     stub = replicas.stub()
-    submit(stub, message_event("swapped", "m_0", "hello"))
-    assert submit(stub, message_event("swapped", "m_0", "hello")) == [DUPLICATE]
+    submit(stub, message_event("swapped", "sw_0", "hello"))
+    assert submit(stub, message_event("swapped", "sw_0", "hello")) == [DUPLICATE]
     wait_for(lambda: len(graph_api.sent) == 1)
     now = int(time.time() * 1000)
-    submit(stub, message_event("swapped", "m_2", "thanks", at_ms=now))
-    submit(stub, message_event("swapped", "m_1", "bye", at_ms=now - 20))
+    submit(stub, message_event("swapped", "sw_2", "thanks", at_ms=now))
+    submit(stub, message_event("swapped", "sw_1", "bye", at_ms=now - 20))
     wait_for(lambda: len(graph_api.sent) == 3)
-    assert [s.in_reply_to for s in graph_api.sent] == ["m_0", "m_1", "m_2"]
+    assert [s.in_reply_to for s in graph_api.sent] == ["sw_0", "sw_1", "sw_2"]
 
 
 def test_an_idle_user_is_answered_without_a_hold(replicas: Replicas, graph_api: GraphApi) -> None:
     """No sign of an overtaken delivery: the message is not held for one."""
     replicas.start(1, DIALOGUE_REORDER_WINDOW_MS="600000")
     stub = replicas.stub()
-    submit(stub, message_event("idle", "m_1", "hello"))
+    submit(stub, message_event("idle", "idle_1", "hello"))
     # With a ten-minute hold this could only pass by not holding.
     wait_for(lambda: len(graph_api.sent) == 1, timeout=60)

@@ -31,19 +31,19 @@ def test_intake_queues_and_a_separate_worker_answers(
 ) -> None:
     (intake,) = replicas.start(1, DIALOGUE_ROLE="intake")
     stub = replicas.stub_for(intake)
-    assert submit(stub, message_event("roles", "m_1", "hello")) == [pb.SUBMIT_STATUS_ACCEPTED]
+    assert submit(stub, message_event("roles", "roles_1", "hello")) == [pb.SUBMIT_STATUS_ACCEPTED]
     # Queued and acknowledged; intake itself takes no turn.
     state = _state(stub, "roles")
     assert state.queue_length == 1 and not state.lease_holder
     assert graph_api.sent == []
 
     (worker,) = replicas.start(1, DIALOGUE_ROLE="worker")
-    wait_for(lambda: [s.in_reply_to for s in graph_api.sent] == ["m_1"])
+    wait_for(lambda: [s.in_reply_to for s in graph_api.sent] == ["roles_1"])
     wait_for(lambda: _state(stub, "roles").queue_length == 0)
     # The worker's port: health and reflection, not the API.
     assert health_status(worker.port) == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as refused:
-        submit(replicas.stub_for(worker), message_event("roles", "m_2", "hi"))
+        submit(replicas.stub_for(worker), message_event("roles", "roles_2", "hi"))
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

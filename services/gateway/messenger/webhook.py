@@ -254,7 +254,8 @@ class MessengerWebhook:
             self._metrics.events.labels(CHANNEL, kind).inc(count)
         if duplicates:
             self._metrics.duplicates.labels(CHANNEL).inc(duplicates)
-        _log.info(
+        # Per delivery, so at DEBUG: the counters above carry the same at every level.
+        _log.debug(
             "webhook acknowledged",
             extra={
                 "events": len(batch.events),
