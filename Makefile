@@ -188,10 +188,14 @@ bench-nlu: train ## Benchmark the NLU service: gRPC vs in-process Rasa.
 fuzz: system-deps proto train ## Long fuzzing run of the webhook and every gRPC service.
 	NLU_PYTHON=$(NLU_PY) $(VENV)/bin/pytest -m fuzz tests/fuzz tests/gateway/test_fuzz.py
 
-# BENCH_E2E_ARGS passes options, e.g. BENCH_E2E_ARGS="--users 200 --rasa-workers 1 2".
-.PHONY: bench-e2e
-bench-e2e: system-deps proto train ## The whole stack vs Rasa's own server, same load (table).
+# BENCH_E2E_ARGS passes options, e.g. BENCH_E2E_ARGS="--rates 10,40,80 --step-seconds 20
+# --rasa-workers 1 --json bench/results/mine.json"; `python -m bench.e2e --help` explains them.
+.PHONY: bench-e2e bench-latency
+bench-e2e: system-deps proto train ## The whole stack vs Rasa's own server: latency, ordering, capacity curve.
 	PYTHONPATH=$(PY_PATH) NLU_PYTHON=$(NLU_PY) $(VPY) -m bench.e2e $(BENCH_E2E_ARGS)
+
+bench-latency: system-deps proto train ## One user on an idle system: this stack vs Rasa's own server.
+	PYTHONPATH=$(PY_PATH) NLU_PYTHON=$(NLU_PY) $(VPY) -m bench.e2e --modes latency --no-bare $(BENCH_E2E_ARGS)
 
 # ---- documentation --------------------------------------------------------
 

@@ -1,13 +1,38 @@
-"""python -m bench.e2e: the whole stack against Rasa's own server, under the same load.
+"""python -m bench.e2e: the whole stack beside Rasa's own server, measured three ways.
 
-Starts this stack as ``make run`` does, plays N users x M messages through
-signed Messenger webhooks (with Messenger's duplicates and time-out retries)
-to a local Graph API stand-in, then does the same against ``rasa run`` (REST
-channel, Redis lock store) trained on the same NLU data and pipeline with one
-rule per intent. Prints, for each: webhook acknowledgements, end-to-end
-messages per second and latency (message sent -> reply out), missing,
-duplicated and out-of-order replies, CPU and peak memory per service, and the
-ratios against Rasa and against a bare in-process parse.
+Starts this stack as ``make run`` does (replies go to a Graph API stand-in in
+its own process), then ``rasa run`` (REST channel, Redis lock store, 1 and 2
+workers) trained on the same NLU data and pipeline with one rule per intent,
+and measures each with the same messages (held-out texts neither model was
+trained on). Modes (``--modes``, all three by default, in this order):
+
+latency   An idle system, one user: one message at a time, each sent after
+          the previous reply (p50/p99 from delivery to reply out); then
+          bursts of 8 messages from one user, delivered as Messenger does
+          and overlapping: time until all 8 are answered.
+
+ordering  N users x M messages with a think time between messages. The
+          default ``--load messenger`` delivers as Messenger does: a
+          conversation's next delivery only after the previous one got its
+          200 (``--per-page``: one delivery in flight for the whole page), a
+          delivery without a 200 within ``--timeout`` delivered again, and
+          10 % of messages delivered a second time, later and concurrently.
+          ``--load overlapping`` (the older mode) delivers every message as
+          soon as it is typed, so one user's deliveries overlap. Reports
+          replies missing, duplicated and answered late, and, from each
+          server's own record (this stack: the chatlog; Rasa: its tracker),
+          the order it received the messages in, so that a late reply is put
+          down to the way in or to the server.
+
+capacity  Open-loop steps of offered load (``--rates``, ``--step-seconds``
+          each): answered msg/s, reply and ack p50/p99, CPU per answered
+          message summed over the system's processes (driver and stand-ins
+          apart), peak RSS, Redis commands, scripts and round trips per
+          message; the knee (highest offered load with reply p99 under
+          ``--p99-limit``) for each system; a picture of the curves.
+
+Rasa's REST response is both its acknowledgement and its reply; this
+stack's acknowledgement is the webhook's 200 and its reply the Send API call.
 """
 
 from __future__ import annotations
@@ -17,49 +42,35 @@ import asyncio
 import json
 import math
 import os
+import platform
 import re
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 import yaml
 
-from bench.e2e.load import (
-    Delivery,
-    HttpPool,
-    LoadShape,
-    Message,
-    Outcome,
-    Record,
-    messenger_body,
-    outcome,
-    plan,
-    play,
-)
+from bench.e2e import latency, order, redis_cost, report, sweep
+from bench.e2e.load import MESSENGER, OVERLAPPING, LoadShape, Message, Record, outcome, plan, play
 from bench.e2e.rasa_baseline import DOMAIN, ensure_model
-from bench.e2e.systems import (
-    APP_SECRET,
-    PAGE_ID,
-    GraphProcess,
-    OurStack,
-    RasaServer,
-    Sampler,
-    Usage,
-)
-from cli.simulate import sign
+from bench.e2e.systems import RasaServer, Sampler, Usage
+from bench.e2e.targets import RasaTarget, StackTarget, Target
 from mesh import cache_dir
 from tests.redis_servers import RedisServer
 from tests.support import REPO
 
 GEN_NLU = REPO / "build" / "gen" / "nlu"
+MODES = ("latency", "ordering", "capacity")
+DEFAULT_RATES = "10,20,40,80,120,160,240,320"
+DEFAULT_PICTURE = REPO / "docs" / "pictures" / "bench-e2e-capacity.svg"
+DRIVER = "load driver"
 
 
 def say(line: str) -> None:
@@ -112,267 +123,494 @@ def bare_parse(python: str, texts: list[str], count: int) -> tuple[float | None,
     return answer["texts_per_second"], answer["intents"]
 
 
-class Replies:
-    """The Graph API stand-in's sends, as replies to message ids."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sent: list[tuple[str, float]] = []
-        self.answered: set[str] = set()
-
-    def on_send(self, in_reply_to: str, recipient: str, at: float) -> None:
-        with self.lock:
-            self.sent.append((in_reply_to, at))
-            self.answered.add(in_reply_to)
-
-
-def run_load(
-    shape: LoadShape,
-    users: list[list[Message]],
-    deliver: Callable[[Message], Any],
-    record: Record,
-    answered: Callable[[], int],
-    sampler: Sampler,
-    settle_s: float,
-) -> dict[str, Usage]:
-    sampler.start()
-    try:
-        asyncio.run(play(shape, users, deliver, record, answered, settle_s, say))
-    finally:
-        usage = sampler.stop()
-    return usage
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
 
 
-def bench_stack(
-    shape: LoadShape,
-    texts: list[str],
-    workdir: Path,
-    redis_server: RedisServer,
-    python: str,
-    settle_s: float,
-) -> tuple[Outcome, dict[str, Usage]]:
-    replies = Replies()
-    graph = GraphProcess(replies.on_send)
-    say("starting this stack (python -m cli.main run) ...")
-    stack = OurStack(workdir, redis_server.url, graph.port, python)
-    try:
-        stack.wait_up()
-        port = stack.ports["gateway"]
-        run = f"s{int(time.time())}"
-        bodies: dict[str, bytes] = {}
-        pools: dict[str, HttpPool] = {}
+def revision() -> dict[str, Any]:
+    """The commit measured, and which of the measured code differed from it."""
 
-        async def deliver(message: Message) -> Delivery:
-            body = bodies.get(message.mid)
-            if body is None:
-                body = bodies[message.mid] = messenger_body(
-                    PAGE_ID, message, int(time.time() * 1000)
-                )
-            pool = pools.setdefault(message.user, HttpPool(port))
-            status, _ = await pool.post(
-                "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(body, APP_SECRET)}
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "services", "mesh", "cli", "protos")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def tree_cpu(roots: dict[str, list[int]]) -> float:
+    total = 0.0
+    for pids in roots.values():
+        for pid in pids:
+            try:
+                root = psutil.Process(pid)
+                for process in [root, *root.children(recursive=True)]:
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+    return total
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (not idle, not waiting on I/O)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def wait_idle(roots: dict[str, list[int]], cores: float = 0.25, max_s: float = 90.0) -> float:
+    """Waits until the system uses under ``cores`` for a second; returns the seconds waited."""
+    started = time.monotonic()
+    last = tree_cpu(roots)
+    while time.monotonic() - started < max_s:
+        time.sleep(1.0)
+        now = tree_cpu(roots)
+        if now - last < cores:
+            break
+        last = now
+    return time.monotonic() - started
+
+
+class Bench:
+    """Runs the chosen modes against one started system."""
+
+    def __init__(self, target: Target, args: argparse.Namespace, texts: list[str], redis_pid: int):
+        self.target = target
+        self.args = args
+        self.texts = texts
+        self.system = {**target.system_roots(), "redis": [redis_pid]}
+        self.roots = {**self.system, **target.standin_roots(), DRIVER: [os.getpid()]}
+        self.run = f"{re.sub(r'[^a-z0-9]', '', target.name)[:6]}{int(time.time())}"
+
+    def sampler(self) -> Sampler:
+        return Sampler(self.roots, alone=frozenset({DRIVER}))
+
+    def split_cpu(self, usage: dict[str, Usage]) -> tuple[float, float, float]:
+        system = sum(used.cpu_s for name, used in usage.items() if name in self.system)
+        driver = usage[DRIVER].cpu_s if DRIVER in usage else 0.0
+        standins = sum(u.cpu_s for n, u in usage.items() if n not in self.system and n != DRIVER)
+        return system, driver, standins
+
+    def warm_up(self) -> None:
+        async def go() -> None:
+            for seq in range(10):
+                message = Message(f"warm-{self.run}", seq, f"warm-{self.run}-{seq}", "hello")
+                await self.target.deliver(message)
+                if await self.target.replies.wait(message.mid, 120) is None:
+                    raise RuntimeError(f"{self.target.name} did not answer a warm-up message")
+
+        asyncio.run(go())
+
+    def latency(self) -> dict[str, Any]:
+        say(f"{self.target.name}: latency probe (idle, one user) ...")
+        wait_idle(self.system)
+        before = redis_cost.counters(self.target.redis)
+        result = asyncio.run(
+            latency.probe(
+                self.texts,
+                f"{self.run}p",
+                self.args.probe_messages,
+                self.args.bursts,
+                self.args.burst_size,
+                self.target.deliver,
+                self.target.replies.wait,
             )
-            return Delivery(status)
-
-        warm_up(deliver, replies, run)
-        stages = stack.stage_seconds()
-        users = plan(shape, texts, run)
-        record = Record()
-        roots = {
-            **stack.process_roots(),
-            "redis": [redis_server.proc.pid],
-            "load driver": [os.getpid()],
-        }
-        say(f"load: {shape.users} users x {shape.messages} messages ...")
-        usage = run_load(
-            shape,
-            users,
-            deliver,
-            record,
-            lambda: len(replies.answered),
-            Sampler(roots, alone=frozenset({"load driver"})),
-            settle_s,
         )
-        before = stages
-        after = stack.stage_seconds()
+        answered = result.messages + 2 * result.bursts * result.burst_size - result.missing
+        cost = redis_cost.per_message(before, redis_cost.counters(self.target.redis), answered)
         say(
-            "dialogue, mean ms per message and stage: "
-            + ", ".join(
-                f"{stage} {(total - before.get(stage, (0.0, 0))[0]) * 1000 / n:.0f}"
-                for stage, (total, count) in after.items()
-                if (n := count - before.get(stage, (0.0, 0))[1]) > 0
-            )
+            f"{self.target.name}: one at a time p50 {report.ms(result.p50_ms)} ms, "
+            f"p99 {report.ms(result.p99_ms)} ms; burst of {result.burst_size} "
+            f"(Messenger) p50 {report.ms(result.burst_messenger_ms[0])} ms"
         )
-        known = {m.mid for m in record.messages}
-        with replies.lock:
-            for in_reply_to, at in replies.sent:
-                if in_reply_to in known:
-                    record.reply(in_reply_to, at)
-        return outcome(record), usage
-    except Exception:
-        say("this stack's log ends with:\n" + stack.log_path.read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        say("stopping this stack ...")
-        stack.stop()
-        graph.stop()
+        return {"probe": asdict(result), "redis_per_message": cost and asdict(cost)}
 
-
-def warm_up(deliver: Callable[[Message], Any], replies: Replies, run: str) -> None:
-    message = Message(f"warm-{run}", 0, f"warm-{run}", "hello")
-    asyncio.run(deliver(message))
-    deadline = time.monotonic() + 60
-    while message.mid not in replies.answered:
-        if time.monotonic() > deadline:
-            raise RuntimeError("this stack did not answer the warm-up message within 60 s")
-        time.sleep(0.1)
-
-
-def bench_rasa(
-    shape: LoadShape,
-    texts: list[str],
-    workdir: Path,
-    redis_server: RedisServer,
-    python: str,
-    model: Path,
-    workers: int,
-    settle_s: float,
-) -> tuple[str, Outcome, dict[str, Usage]]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    client.close()
-    server = RasaServer(workdir, python, model, redis_server.port, workers)
-    say(f"starting {server.name} ...")
-    try:
-        server.wait_up()
-        run = f"r{workers}-{int(time.time())}"
-        pools: dict[str, HttpPool] = {}
+    def ordering(self, shape: LoadShape) -> dict[str, Any]:
+        say(
+            f"{self.target.name}: {shape.mode} load, {shape.users} users x {shape.messages} "
+            f"messages{' (per page)' if shape.per_page else ''} ..."
+        )
+        wait_idle(self.system)
+        users = plan(shape, self.texts, f"{self.run}o")
+        mids = [m.mid for messages in users for m in messages]
         record = Record()
-
-        async def deliver(message: Message) -> Delivery:
-            body = json.dumps({"sender": message.user, "message": message.text}).encode()
-            pool = pools.setdefault(message.user, HttpPool(server.port))
-            status, payload = await pool.post("/webhooks/rest/webhook", body, {})
-            # The REST channel's response is the reply itself.
-            replied = status == 200 and bool(json.loads(payload or b"[]"))
-            return Delivery(status, replied=replied)
-
-        users = plan(shape, texts, run)
-        roots = {
-            **server.process_roots(),
-            "redis": [redis_server.proc.pid],
-            "load driver": [os.getpid()],
-        }
-        say(f"load: {shape.users} users x {shape.messages} messages ...")
-        sampler = Sampler(roots, alone=frozenset({"load driver"}))
-        usage = run_load(
-            shape, users, deliver, record, lambda: len(record.replies), sampler, settle_s
+        before = redis_cost.counters(self.target.redis)
+        sampler = self.sampler().start()
+        try:
+            asyncio.run(
+                play(
+                    shape,
+                    users,
+                    self.target.deliver,
+                    record,
+                    lambda: self.target.replies.answered(mids),
+                    self.args.settle,
+                    say,
+                )
+            )
+        finally:
+            usage = sampler.stop()
+        for mid in mids:
+            for at in self.target.replies.times.get(mid, []):
+                record.reply(mid, at)
+        result = outcome(record)
+        cost = redis_cost.per_message(
+            before, redis_cost.counters(self.target.redis), result.answered
         )
-        return server.name, outcome(record), usage
-    finally:
-        say(f"stopping {server.name} ...")
-        server.stop()
+        received = self.received([messages[0].user for messages in users], set(mids))
+        seq_of = {m.mid: m.seq for messages in users for m in messages}
+        first = {mid: times[0] for mid, times in record.replies.items() if times}
+        answered_order = {
+            messages[0].user: [
+                m.seq
+                for m in sorted((m for m in messages if m.mid in first), key=lambda m: first[m.mid])
+            ]
+            for messages in users
+        }
+        received_at = {
+            user: {seq_of[mid]: at for mid, at in times.items() if mid in seq_of}
+            for user, times in received.items()
+        }
+        attribution = order.attribute(answered_order, received_at)
+        system_cpu, driver_cpu, standin_cpu = self.split_cpu(usage)
+        say(
+            f"{self.target.name}: {result.answered}/{result.messages} answered, "
+            f"{result.duplicated} duplicated, {attribution.answered_late} answered late "
+            f"({attribution.late_by_server} by the server, {attribution.late_on_arrival} "
+            f"on the way in), {attribution.received_late} received late"
+        )
+        return {
+            "shape": asdict(shape),
+            "outcome": {**asdict(result), "per_second": result.per_second},
+            "order": asdict(attribution),
+            "usage": {name: asdict(used) for name, used in usage.items()},
+            "cpu_s_per_msg": system_cpu / max(1, result.answered),
+            "driver_cpu_s_per_msg": driver_cpu / max(1, result.answered),
+            "standin_cpu_s_per_msg": standin_cpu / max(1, result.answered),
+            "redis_per_message": cost and asdict(cost),
+        }
+
+    def received(self, users: list[str], mids: set[str]) -> dict[str, dict[str, float]]:
+        # The chatlog may be written a little after the reply: wait for it, briefly.
+        deadline = time.monotonic() + 20
+        while True:
+            received = self.target.received(users)
+            known = sum(len(times.keys() & mids) for times in received.values())
+            if known >= len(mids) or time.monotonic() > deadline:
+                return received
+            time.sleep(1)
+
+    def capacity(self, rates: list[float]) -> list[sweep.Step]:
+        steps: list[sweep.Step] = []
+        over = 0
+        for number, rate in enumerate(rates):
+            waited = wait_idle(self.system)
+            if waited > 80:
+                say(f"{self.target.name}: not idle after {waited:.0f} s; the sweep stops here")
+                break
+            say(f"{self.target.name}: {rate:g} msg/s for {self.args.step_seconds:g} s ...")
+            before = redis_cost.counters(self.target.redis)
+            busy_before, wall_before = busy_cpu_s(), time.monotonic()
+            sampler = self.sampler().start()
+            try:
+                record = asyncio.run(
+                    sweep.offer(
+                        rate,
+                        self.args.step_seconds,
+                        self.args.warm_fraction,
+                        self.args.drain_seconds,
+                        self.args.user_gap,
+                        self.texts,
+                        f"{self.run}c{number}",
+                        self.target.deliver,
+                        self.target.replies.answered,
+                    )
+                )
+            finally:
+                usage = sampler.stop()
+            busy = busy_cpu_s() - busy_before
+            wall = time.monotonic() - wall_before
+            step = sweep.measure(record, self.target.replies.first)
+            cost = redis_cost.per_message(
+                before, redis_cost.counters(self.target.redis), step.answered
+            )
+            system_cpu, driver_cpu, standin_cpu = self.split_cpu(usage)
+            answered = max(1, step.answered)
+            step = replace(
+                step,
+                cpu_s_per_msg=system_cpu / answered,
+                driver_cpu_s_per_msg=driver_cpu / answered,
+                standin_cpu_s_per_msg=standin_cpu / answered,
+                peak_rss_mb=sum(u.peak_rss for n, u in usage.items() if n in self.system) / 2**20,
+                redis_commands_per_msg=cost.commands if cost else math.nan,
+                redis_scripts_per_msg=cost.scripts if cost else math.nan,
+                redis_round_trips_per_msg=cost.round_trips if cost else math.nan,
+                others_cores=max(0.0, busy - sum(u.cpu_s for u in usage.values())) / wall,
+            )
+            steps.append(step)
+            if isinstance(self.target, StackTarget):
+                self.target.forget_bodies()
+            say(
+                f"{self.target.name}: {rate:g} msg/s offered -> {step.answered_per_s:.1f} "
+                f"answered/s, reply p50 {report.ms(step.reply_p50_ms)} ms p99 "
+                f"{report.ms(step.reply_p99_ms)} ms, CPU {step.cpu_s_per_msg * 1000:.1f} ms/msg"
+            )
+            if not record.drained:
+                say(f"{self.target.name}: replies still missing {self.args.drain_seconds:g} s "
+                    "after the step; the sweep stops here")  # fmt: skip
+                break
+            over = over + 1 if step.reply_p99_ms >= self.args.p99_limit * 1000 else 0
+            if over >= self.args.past_knee:
+                say(f"{self.target.name}: {over} steps past the knee; the sweep stops here")
+                break
+        return steps
 
 
-def _ms(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:,.0f}"
+def run_system(
+    target: Target, args: argparse.Namespace, texts: list[str], redis_pid: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
+    bench = Bench(target, args, texts, redis_pid)
+    bench.warm_up()
+    if "latency" in args.modes:
+        result["latency"] = bench.latency()
+    if "ordering" in args.modes:
+        shape = LoadShape(
+            users=args.users,
+            messages=args.messages,
+            mode=args.load,
+            per_page=args.per_page,
+            duplicate_rate=args.duplicate_rate,
+            timeout_s=args.timeout,
+        )
+        result["ordering"] = bench.ordering(shape)
+    if "capacity" in args.modes:
+        rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
+        result["capacity"] = [asdict(step) for step in bench.capacity(rates)]
+    return result
 
 
-def print_tables(
-    shape: LoadShape,
-    rows: list[tuple[str, Outcome, dict[str, Usage]]],
-    bare: float | None,
-) -> None:
+def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float | None) -> None:
     print()
     print(
-        f"Load: {shape.users} users x {shape.messages} messages = {shape.users * shape.messages}, "
-        f"think time {shape.think_s[0]}-{shape.think_s[1]} s, "
-        f"{shape.duplicate_rate:.0%} of deliveries duplicated, "
-        f"redelivery after {shape.timeout_s:.0f} s without a 200. "
-        f"Machine: {os.cpu_count()} cores."
+        f"Machine: {os.cpu_count()} cores; load average when each system started: "
+        + ", ".join(
+            f"{name} {result['load_average_at_start'][0]:.2f}" for name, result in results.items()
+        )
     )
-    print()
-    header = (
-        "system", "acks p50 ms", "acks p99 ms", "msg/s", "e2e p50 ms", "e2e p99 ms",
-        "missing", "duplicated", "out of order", "deliveries",
-    )  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for name, result, _ in rows:
+    if bare:
+        print(f"Bare in-process parse of the same texts, one at a time: {bare:.1f} texts/s")
+    probes = {n: r["latency"] for n, r in results.items() if "latency" in r}
+    if probes:
+        size = next(iter(probes.values()))["probe"]["burst_size"]
+        print("\nLatency probe, idle system, one user (ms):\n")
+        header = (
+            "system", "one at a time p50", "p99", f"burst of {size}, Messenger p50", "worst",
+            f"burst of {size}, overlapping p50", "worst", "missing", "Redis cmds/msg",
+            "Redis round trips/msg",
+        )  # fmt: skip
+        rows = []
+        for name, entry in probes.items():
+            p = entry["probe"]
+            cost = entry["redis_per_message"] or {}
+            rows.append(
+                (
+                    name, report.ms(p["p50_ms"]), report.ms(p["p99_ms"]),
+                    report.ms(p["burst_messenger_ms"][0]), report.ms(p["burst_messenger_ms"][1]),
+                    report.ms(p["burst_overlapping_ms"][0]),
+                    report.ms(p["burst_overlapping_ms"][1]), str(p["missing"]),
+                    report.num(cost.get("commands", math.nan)),
+                    report.num(cost.get("round_trips", math.nan)),
+                )
+            )  # fmt: skip
+        print(report.table(header, rows))
+    orderings = {n: r["ordering"] for n, r in results.items() if "ordering" in r}
+    if orderings:
+        shape = next(iter(orderings.values()))["shape"]
         print(
-            f"| {name} | {_ms(result.ack_ms[0])} | {_ms(result.ack_ms[1])} | "
-            f"{result.per_second:.1f} | {_ms(result.e2e_ms[0])} | {_ms(result.e2e_ms[1])} | "
-            f"{result.missing} | {result.duplicated} | {result.out_of_order} | "
-            f"{result.deliveries} ({result.redeliveries} redelivered) |"
+            f"\nOrdering: {shape['users']} users x {shape['messages']} messages, "
+            f"'{shape['mode']}' load{' per page' if shape['per_page'] else ''}, think time "
+            f"{shape['think_s'][0]}-{shape['think_s'][1]} s, {shape['duplicate_rate']:.0%} "
+            f"delivered twice, redelivery after {shape['timeout_s']:g} s without a 200.\n"
         )
-    print()
-    print("CPU and memory while the load ran (from the first message to the last reply + 2 s):")
-    print()
-    print("| system | service | CPU s | mean cores | peak RSS MB |")
-    print("|---|---|---|---|---|")
-    for name, _, usage in rows:
-        for service, used in usage.items():
-            print(
-                f"| {name} | {service} | {used.cpu_s:.1f} | {used.cores:.2f} | "
-                f"{used.peak_rss / 2**20:,.0f} |"
+        header = (
+            "system", "acks p50 ms", "acks p99 ms", "msg/s", "e2e p50 ms", "e2e p99 ms",
+            "missing", "duplicated", "received late", "answered late", "late on the way in",
+            "late by the server", "unknown", "deliveries", "CPU ms/msg", "Redis cmds/msg",
+            "Redis scripts/msg", "Redis round trips/msg",
+        )  # fmt: skip
+        rows = []
+        for name, entry in orderings.items():
+            o, a = entry["outcome"], entry["order"]
+            cost = entry["redis_per_message"] or {}
+            rows.append(
+                (
+                    name, report.ms(o["ack_ms"][0]), report.ms(o["ack_ms"][1]),
+                    report.num(o["per_second"]), report.ms(o["e2e_ms"][0]),
+                    report.ms(o["e2e_ms"][1]), str(o["missing"]), str(o["duplicated"]),
+                    str(a["received_late"]), str(a["answered_late"]), str(a["late_on_arrival"]),
+                    str(a["late_by_server"]), str(a["unknown"]),
+                    f"{o['deliveries']} ({o['redeliveries']} redelivered)",
+                    report.num(entry["cpu_s_per_msg"] * 1000),
+                    report.num(cost.get("commands", math.nan)),
+                    report.num(cost.get("scripts", math.nan)),
+                    report.num(cost.get("round_trips", math.nan)),
+                )
+            )  # fmt: skip
+        print(report.table(header, rows))
+        print("\nCPU and peak memory during the ordering run:\n")
+        usage_rows = [
+            (
+                name, process, report.num(u["cpu_s"]),
+                report.num(u["cpu_s"] / u["wall_s"] if u["wall_s"] else 0.0, 2),
+                report.num(u["peak_rss"] / 2**20, 0),
             )
-    print()
-    ours = next((r for n, r, _ in rows if n == OurStack.name), None)
-    rasa = next((r for n, r, _ in rows if n.startswith("rasa run (1 ")), None)
-    if ours and rasa and rasa.per_second:
-        ratio = ours.per_second / rasa.per_second
+            for name, entry in orderings.items()
+            for process, u in entry["usage"].items()
+        ]  # fmt: skip
+        print(report.table(("system", "process", "CPU s", "mean cores", "peak RSS MB"), usage_rows))
+    curves = {
+        n: [sweep.Step(**step) for step in r["capacity"]]
+        for n, r in results.items()
+        if r.get("capacity")
+    }
+    if curves:
         print(
-            f"throughput, this stack / rasa run (1 worker): {ratio:.2f}x "
-            f"(goal >= 3x: {'met' if ratio >= 3 else 'NOT met'})"
+            f"\nCapacity: open-loop steps of {args.step_seconds:g} s (the first "
+            f"{args.warm_fraction:.0%} left out), one message per user every "
+            f"{args.user_gap:g} s on average.\n"
         )
-    if ours:
-        clean = ours.duplicated == 0 and ours.out_of_order == 0 and ours.missing == 0
-        print(
-            f"this stack: {ours.missing} missing, {ours.duplicated} duplicated, "
-            f"{ours.out_of_order} out of order (goal 0/0/0: {'met' if clean else 'NOT met'})"
-        )
-    if ours and bare:
-        share = ours.per_second / bare
-        print(
-            f"end to end vs bare in-process parse ({bare:.1f} texts/s): {share:.0%} "
-            f"(goal >= 80%: {'met' if share >= 0.8 else 'NOT met'})"
-        )
+        print(report.capacity_table(curves))
+        print()
+        for line in report.knee_lines(curves, args.p99_limit * 1000):
+            print(line)
+        if args.picture:
+            report.draw(
+                curves,
+                args.p99_limit * 1000,
+                args.picture,
+                f"{os.cpu_count()} cores; open-loop steps of {args.step_seconds:g} s",
+            )
+            print(f"picture: {args.picture}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON without NaN or Infinity: null and the string "inf"."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf"
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES),
+        help="what to measure (all three)",
+    )  # fmt: skip
+    systems = parser.add_argument_group("systems")
+    systems.add_argument(
+        "--rasa-workers", type=int, nargs="*", default=[1, 2],
+        help="Sanic worker counts to run Rasa with, one system each (1 2); none skips Rasa",
+    )  # fmt: skip
+    systems.add_argument("--no-stack", action="store_true", help="skip this stack")
+    systems.add_argument("--no-bare", action="store_true", help="skip the bare parse floor")
+    probe = parser.add_argument_group("latency mode")
+    probe.add_argument("--probe-messages", type=int, default=200, help="one at a time (200)")
+    probe.add_argument("--bursts", type=int, default=10, help="bursts of each kind (10)")
+    probe.add_argument("--burst-size", type=int, default=8, help="messages per burst (8)")
+    load = parser.add_argument_group("ordering mode")
+    load.add_argument(
+        "--load", choices=(MESSENGER, OVERLAPPING), default=MESSENGER,
+        help="messenger: next delivery of a conversation after the previous 200 (default); "
+        "overlapping: every message delivered as soon as it is typed",
+    )  # fmt: skip
+    load.add_argument(
+        "--per-page", action="store_true",
+        help="with --load messenger: one delivery in flight for the whole page",
+    )  # fmt: skip
+    load.add_argument("--users", type=int, default=100, help="users sending at once (100)")
+    load.add_argument("--messages", type=int, default=10, help="messages per user (10)")
+    load.add_argument(
+        "--duplicate-rate", type=float, default=0.1, help="share of messages delivered twice (0.1)"
+    )
+    load.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds before a delivery is retried (20)"
+    )
+    load.add_argument(
+        "--settle", type=float, default=300.0, help="max seconds to wait for replies (300)"
+    )
+    capacity = parser.add_argument_group("capacity mode")
+    capacity.add_argument(
+        "--rates", default=DEFAULT_RATES, help=f"offered loads, msg/s ({DEFAULT_RATES})"
+    )
+    capacity.add_argument("--step-seconds", type=float, default=30.0, help="per step (30)")
+    capacity.add_argument(
+        "--warm-fraction", type=float, default=0.2,
+        help="share of each step left out of its numbers (0.2)",
+    )  # fmt: skip
+    capacity.add_argument(
+        "--drain-seconds", type=float, default=60.0,
+        help="max wait for a step's replies after it; a step that needs more ends the sweep (60)",
+    )  # fmt: skip
+    capacity.add_argument(
+        "--user-gap", type=float, default=5.0, help="mean seconds between a user's messages (5)"
+    )
+    capacity.add_argument(
+        "--p99-limit", type=float, default=2.0, help="reply p99 that defines the knee, s (2)"
+    )
+    capacity.add_argument(
+        "--past-knee", type=int, default=2,
+        help="stop a system's sweep after this many steps in a row over the limit (2)",
+    )  # fmt: skip
+    capacity.add_argument(
+        "--picture", type=Path, default=DEFAULT_PICTURE,
+        help="where to draw the curves, .svg or .png (docs/pictures/bench-e2e-capacity.svg)",
+    )  # fmt: skip
+    capacity.add_argument(
+        "--no-picture", dest="picture", action="store_const", const=None, help="draw nothing"
+    )
+    parser.add_argument("--json", type=Path, help="also write every result to this file")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
-    parser.add_argument("--users", type=int, default=100, help="users sending at once (100)")
-    parser.add_argument("--messages", type=int, default=10, help="messages per user (10)")
-    parser.add_argument(
-        "--duplicate-rate", type=float, default=0.1, help="share of deliveries sent twice (0.1)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds before a delivery is retried (20)"
-    )
-    parser.add_argument(
-        "--rasa-workers",
-        type=int,
-        nargs="*",
-        default=[1],
-        help="Sanic worker counts to run Rasa with, one row each (1); none skips Rasa",
-    )
-    parser.add_argument("--no-stack", action="store_true", help="skip this stack's row")
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare parse floor")
-    parser.add_argument(
-        "--settle", type=float, default=300.0, help="max seconds to wait for replies (300)"
-    )
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
-    args = parser.parse_args(argv)
-
+    args = parser().parse_args(argv)
     # Hundreds of requests can be in flight, each on its own connection.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    shape = LoadShape(
-        users=args.users,
-        messages=args.messages,
-        duplicate_rate=args.duplicate_rate,
-        timeout_s=args.timeout,
-    )
+    started = time.time()
+    host = machine()
+    code = revision()
     python = nlu_python()
     texts = heldout_texts()
     say("loading the NLU model" + ("" if args.no_bare else " and timing a bare parse") + " ...")
@@ -382,54 +620,65 @@ def main(argv: list[str] | None = None) -> int:
     # What the model would take for a hand-off request stays out of the load too.
     handoff = yaml.safe_load(DOMAIN.read_text()).get("handoff_intent", "")
     texts = [text for text, intent in zip(texts, intents, strict=True) if intent != handoff]
-    rows: list[tuple[str, Outcome, dict[str, Usage]]] = []
+    results: dict[str, Any] = {}
+
+    def save() -> None:
+        # After every system too, so that a failure later keeps what was measured.
+        if not args.json:
+            return
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "command": "python -m bench.e2e " + " ".join(sys.argv[1:] if argv is None else argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "minutes": round((time.time() - started) / 60, 1),
+            "machine": host,
+            "revision": code,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "bare_parse_per_second": bare,
+            "systems": results,
+        }
+        args.json.write_text(json.dumps(_plain(document), indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
         redis_server = RedisServer(workdir)
+        client = redis.Redis(port=redis_server.port)
         try:
             if not args.no_stack:
-                result, usage = bench_stack(
-                    shape, texts, workdir, redis_server, python, args.settle
-                )
-                rows.append((OurStack.name, result, usage))
+                say("starting this stack (python -m cli.main run) ...")
+                stack = StackTarget(workdir, client, redis_server.url, python)
+                try:
+                    stack.wait_up()
+                    results[stack.name] = run_system(stack, args, texts, redis_server.proc.pid)
+                    save()
+                except Exception:
+                    say(
+                        "this stack's log ends with:\n"
+                        + stack.stack.log_path.read_text(errors="replace")[-4000:]
+                    )
+                    raise
+                finally:
+                    say("stopping this stack ...")
+                    stack.stop()
             if args.rasa_workers:
                 _, model = ensure_model(python, say)
                 for workers in args.rasa_workers:
-                    rows.append(
-                        bench_rasa(
-                            shape,
-                            texts,
-                            workdir,
-                            redis_server,
-                            python,
-                            model,
-                            workers,
-                            args.settle,
-                        )
-                    )
+                    client.flushall()
+                    server = RasaServer(workdir, python, model, redis_server.port, workers)
+                    say(f"starting {server.name} ...")
+                    rasa = RasaTarget(server, client)
+                    try:
+                        rasa.wait_up()
+                        results[rasa.name] = run_system(rasa, args, texts, redis_server.proc.pid)
+                        save()
+                    finally:
+                        say(f"stopping {server.name} ...")
+                        rasa.stop()
         finally:
+            client.close()
             redis_server.stop()
-    print_tables(shape, rows, bare)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "shape": asdict(shape),
-                    "bare_parse_per_second": bare,
-                    "rows": [
-                        {
-                            "system": name,
-                            **asdict(result),
-                            "per_second": result.per_second,
-                            "usage": {k: asdict(v) for k, v in usage.items()},
-                        }
-                        for name, result, usage in rows
-                    ],
-                },
-                indent=2,
-            )
-        )
+    save()
+    print_report(args, results, bare)
     return 0
 
 

@@ -1,17 +1,27 @@
 """The load: users sending messages through Messenger-like deliveries.
 
-Each user sends its messages one after another with a short think time,
+Each user types its messages one after another with a short think time,
 without waiting for replies. Each message is one delivery (a signed webhook
-for this stack, a REST call for Rasa); like Messenger, a delivery that gets no
-200 within the time-out, or an error, is delivered again, and some deliveries
-arrive twice even when nothing failed. What counts for a user is the reply:
-when it came, how many times, and in which order.
+for this stack, a REST call for Rasa). Two ways to deliver them:
+
+- ``messenger`` (the default): as Messenger does, a conversation's next
+  delivery starts only after the previous one was answered 200 (with
+  ``per_page``, the same rule for the whole page: one delivery in flight);
+- ``overlapping``: every message is delivered as soon as it is typed, so one
+  user's deliveries overlap and may reach the server in any order.
+
+In both, a delivery that gets no 200 within the time-out, or an error, is
+delivered again (the first attempt is not called off), and some messages are
+delivered a second time a little later, outside the one-at-a-time rule, as
+Messenger's duplicates are. What counts for a user is the reply: when it
+came, how many times, and in which order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections import defaultdict
@@ -30,10 +40,9 @@ class Message:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One HTTP attempt's outcome; ``replied`` when the response itself carried the reply."""
+    """One HTTP attempt's outcome."""
 
     status: int
-    replied: bool = False
 
 
 @dataclass
@@ -75,15 +84,21 @@ class Outcome:
         return self.answered / self.seconds if self.seconds else 0.0
 
 
-def percentiles(values: Sequence[float]) -> tuple[float, float]:
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least ``q`` of the values at or below it.
+
+    ``inf`` stands for a message never answered, so a p99 is ``inf`` as soon as
+    more than 1 % went unanswered.
+    """
     if not values:
-        return (float("nan"), float("nan"))
+        return float("nan")
     ordered = sorted(values)
-    last = len(ordered) - 1
-    return (
-        ordered[min(last, int(0.5 * len(ordered)))] * 1000,
-        ordered[min(last, int(0.99 * len(ordered)))] * 1000,
-    )
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def percentiles(values: Sequence[float]) -> tuple[float, float]:
+    """p50 and p99 of seconds, in milliseconds."""
+    return (percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000)
 
 
 def outcome(record: Record) -> Outcome:
@@ -182,12 +197,20 @@ class HttpPool:
 Deliver = Callable[[Message], Awaitable[Delivery]]
 
 
+MESSENGER = "messenger"
+OVERLAPPING = "overlapping"
+
+
 @dataclass(frozen=True)
 class LoadShape:
     users: int
     messages: int
+    mode: str = MESSENGER
+    per_page: bool = False
     think_s: tuple[float, float] = (0.1, 0.5)
     duplicate_rate: float = 0.1
+    # A duplicate delivery starts this long after its message was typed.
+    duplicate_delay_s: tuple[float, float] = (0.0, 1.0)
     timeout_s: float = 20.0  # Messenger gives up on a webhook after this and delivers again
     attempts: int = 5
     seed: int = 7
@@ -216,6 +239,9 @@ async def play(
     """Plays every user's messages, then waits until all are answered (or ``settle_s``)."""
     rng = random.Random(shape.seed + 1)
     pending: set[asyncio.Task[Any]] = set()
+    # asyncio.Lock hands itself over in the order it was asked for: a
+    # conversation's messages are delivered in the order they were typed.
+    gates: dict[str, asyncio.Lock] = {}
 
     async def attempt(message: Message) -> bool:
         record.deliveries += 1
@@ -224,8 +250,6 @@ async def play(
             result = await deliver(message)
         except (OSError, asyncio.IncompleteReadError):
             return False
-        if result.replied:
-            record.reply(message.mid, time.monotonic())
         if result.status != 200:
             return False
         record.acks.append(time.monotonic() - started)
@@ -251,14 +275,19 @@ async def play(
                 return
             await asyncio.sleep(0.5 * (number + 1))
 
+    async def in_turn(message: Message) -> None:
+        key = "page" if shape.per_page else message.user
+        async with gates.setdefault(key, asyncio.Lock()):
+            await delivery(message)
+
     async def user(messages: list[Message]) -> None:
         await asyncio.sleep(rng.uniform(0, shape.think_s[1]))
         for message in messages:
             record.messages.append(message)
             record.sent_at[message.mid] = time.monotonic()
-            runs = [delivery(message)]
+            runs = [in_turn(message) if shape.mode == MESSENGER else delivery(message)]
             if rng.random() < shape.duplicate_rate:
-                runs.append(_later(rng.uniform(0.0, 0.3), delivery(message)))
+                runs.append(_later(rng.uniform(*shape.duplicate_delay_s), delivery(message)))
             for run in runs:
                 track(asyncio.create_task(run))
             await asyncio.sleep(rng.uniform(*shape.think_s))

@@ -210,7 +210,7 @@ class OurStack:
 
 
 class RasaServer:
-    """``rasa run`` with the REST channel and a Redis lock store."""
+    """``rasa run`` with the REST channel, a Redis lock store and its HTTP API."""
 
     def __init__(
         self,
@@ -240,6 +240,8 @@ class RasaServer:
                 "--endpoints", str(endpoints),
                 "--interface", "127.0.0.1",
                 "--port", str(self.port),
+                # For GET /conversations/<id>/tracker: the order Rasa took messages up.
+                "--enable-api",
             ],
             cwd=workdir,
             env=env,

@@ -1,8 +1,11 @@
-"""The end-to-end benchmark: its arithmetic, Rasa's project, and one small real run."""
+"""The end-to-end benchmark: its arithmetic, its delivery rules, Rasa's project, and one
+small real run of every mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,8 +14,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.e2e.load import Message, Record, outcome, percentiles
+from bench.e2e.load import (
+    MESSENGER,
+    OVERLAPPING,
+    Delivery,
+    LoadShape,
+    Message,
+    Record,
+    outcome,
+    percentile,
+    percentiles,
+    plan,
+    play,
+)
+from bench.e2e.order import attribute, late
 from bench.e2e.rasa_baseline import project_files
+from bench.e2e.redis_cost import Counters, per_message
+from bench.e2e.sweep import Step, StepRecord, knee, measure
 from tests.nlu_process import nlu_python
 from tests.support import REPO
 
@@ -56,10 +74,171 @@ def test_a_late_duplicate_is_not_a_reordering() -> None:
     assert result.duplicated == 1
 
 
-def test_percentiles() -> None:
+def test_percentiles_are_nearest_rank() -> None:
     p50, p99 = percentiles([i / 1000 for i in range(1, 101)])
-    assert p50 == pytest.approx(51)
-    assert p99 == pytest.approx(100)
+    assert p50 == pytest.approx(50)
+    assert p99 == pytest.approx(99)
+    assert percentile([3.0], 0.99) == 3.0
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_an_unanswered_message_makes_p99_infinite_past_one_percent() -> None:
+    answered = [0.1] * 99
+    assert percentile([*answered, math.inf], 0.99) == pytest.approx(0.1)
+    assert math.isinf(percentile([*answered[:-1], math.inf, math.inf], 0.99))
+
+
+def _step(offered: float, p99_ms: float) -> Step:
+    return Step(
+        offered=offered, sent_per_s=offered, answered_per_s=offered, messages=1, answered=1,
+        reply_p50_ms=1.0, reply_p99_ms=p99_ms, ack_p50_ms=1.0, ack_p99_ms=1.0, drained=True,
+    )  # fmt: skip
+
+
+def test_the_knee_is_the_highest_offered_load_under_the_limit() -> None:
+    steps = [_step(10, 300), _step(20, 1999), _step(40, 2000), _step(80, math.inf)]
+    assert knee(steps, 2000) == 20
+    assert knee(steps, 100) is None
+    assert knee([], 2000) is None
+
+
+def test_a_step_is_measured_after_its_warm_up_and_until_its_end() -> None:
+    # A 10 s step from t=100, the first 2 s left out: messages a and b are in the window.
+    record = StepRecord(rate=1.0, started=100.0, step_s=10.0, warm_s=2.0)
+    record.sent_at = {"warm": 101.0, "a": 103.0, "b": 105.0, "late": 109.0}
+    record.acked_in = {"warm": 0.01, "a": 0.02, "b": 0.03}
+    replies = {"warm": 101.5, "a": 103.5, "b": 111.0}  # b after the step; "late" never
+    step = measure(record, replies.get)
+    assert (step.messages, step.answered) == (4, 3)
+    # Three messages sent in the window (102-110 s); one reply inside it (a's).
+    assert step.sent_per_s == pytest.approx(3 / 8)
+    assert step.answered_per_s == pytest.approx(1 / 8)
+    # a: 0.5 s, b: 6 s, late: never answered.
+    assert step.reply_p50_ms == pytest.approx(6000)
+    assert math.isinf(step.reply_p99_ms)
+    assert step.ack_p50_ms == pytest.approx(30)
+    assert math.isinf(step.ack_p99_ms)
+
+
+def test_redis_cost_per_message_leaves_out_the_info_that_read_it() -> None:
+    before = Counters(commands=100, scripts=10, reads=50)
+    after = Counters(commands=141, scripts=20, reads=91)
+    cost = per_message(before, after, 10)
+    assert cost is not None
+    assert (cost.commands, cost.scripts, cost.round_trips) == (4.0, 1.0, 4.0)
+    assert per_message(before, after, 0) is None
+
+
+def test_late_sequence_numbers() -> None:
+    assert late([0, 1, 2]) == set()
+    assert late([1, 0, 2]) == {0}
+    assert late([2, 0, 1, 3]) == {0, 1}
+
+
+def test_a_late_reply_is_put_down_to_the_way_in_or_to_the_server() -> None:
+    result = attribute(
+        {
+            # Received 1 before 0 and answered so: late on the way in.
+            "arrival": [1, 0, 2],
+            # Received in order, answered 1 before 0: the server's doing.
+            "server": [1, 0, 2],
+            # In order throughout.
+            "fine": [0, 1, 2],
+            # The server has no record of 0.
+            "unknown": [1, 0],
+        },
+        {
+            "arrival": {0: 2.0, 1: 1.0, 2: 3.0},
+            "server": {0: 1.0, 1: 2.0, 2: 3.0},
+            "fine": {0: 1.0, 1: 2.0, 2: 3.0},
+            "unknown": {1: 1.0},
+        },
+    )
+    assert result.answered_late == 3
+    assert (result.late_on_arrival, result.late_by_server, result.unknown) == (1, 1, 1)
+    assert result.received_late == 1
+
+
+class _Server:
+    """A hand-written stand-in for a webhook: answers 200 after ``delay``, records overlap."""
+
+    def __init__(self, delay: float, fail_first: frozenset[str] = frozenset()) -> None:
+        self.delay = delay
+        self.fail_first = set(fail_first)
+        self.in_flight: dict[str, int] = {}
+        self.most_per_user = 0
+        self.most_at_once = 0
+        self.arrivals: list[str] = []
+
+    async def deliver(self, message: Message) -> Delivery:
+        self.arrivals.append(message.mid)
+        self.in_flight[message.user] = self.in_flight.get(message.user, 0) + 1
+        self.most_per_user = max(self.most_per_user, self.in_flight[message.user])
+        self.most_at_once = max(self.most_at_once, sum(self.in_flight.values()))
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight[message.user] -= 1
+        if message.mid in self.fail_first:
+            self.fail_first.discard(message.mid)
+            return Delivery(500)
+        return Delivery(200)
+
+
+def _play(shape: LoadShape, server: _Server) -> Record:
+    users = plan(shape, ["hi"], "t")
+    record = Record()
+    total = shape.users * shape.messages
+    asyncio.run(play(shape, users, server.deliver, record, lambda: total, 0.0, lambda _: None))
+    return record
+
+
+def _shape(mode: str, per_page: bool = False) -> LoadShape:
+    return LoadShape(
+        users=3, messages=4, mode=mode, per_page=per_page, think_s=(0.0, 0.002),
+        duplicate_rate=0.0, timeout_s=5.0,
+    )  # fmt: skip
+
+
+def test_messenger_load_delivers_a_conversation_one_at_a_time_in_order() -> None:
+    server = _Server(delay=0.02)
+    record = _play(_shape(MESSENGER), server)
+    assert server.most_per_user == 1
+    assert server.most_at_once > 1  # conversations still go side by side
+    for user in {m.user for m in record.messages}:
+        mine = [mid for mid in server.arrivals if f"-{user.rsplit('-', 1)[1]}-" in mid]
+        assert mine == sorted(mine, key=lambda mid: int(mid.rsplit("-", 1)[1]))
+
+
+def test_the_per_page_rule_allows_one_delivery_in_flight() -> None:
+    server = _Server(delay=0.01)
+    _play(_shape(MESSENGER, per_page=True), server)
+    assert server.most_at_once == 1
+
+
+def test_overlapping_load_does_not_wait_for_the_200() -> None:
+    server = _Server(delay=0.05)
+    _play(_shape(OVERLAPPING), server)
+    assert server.most_per_user > 1
+
+
+def test_a_delivery_without_a_200_is_delivered_again() -> None:
+    server = _Server(delay=0.0, fail_first=frozenset({"m-t-0-1"}))
+    record = _play(_shape(MESSENGER), server)
+    assert record.redeliveries == 1
+    assert server.arrivals.count("m-t-0-1") == 2
+    assert len(record.acked_at) == 12
+
+
+def test_duplicates_arrive_later_outside_the_one_at_a_time_rule() -> None:
+    shape = LoadShape(
+        users=1, messages=20, think_s=(0.0, 0.001), duplicate_rate=1.0,
+        duplicate_delay_s=(0.0, 0.0), timeout_s=5.0,
+    )  # fmt: skip
+    server = _Server(delay=0.03)
+    _play(shape, server)
+    assert len(server.arrivals) == 40
+    assert server.most_per_user > 1
 
 
 def test_rasa_project_has_a_rule_and_a_response_for_every_intent() -> None:
@@ -77,13 +256,17 @@ def test_rasa_project_has_a_rule_and_a_response_for_every_intent() -> None:
 
 
 @pytest.mark.slow
-def test_a_small_run_measures_both_systems(tmp_path: Path) -> None:
+def test_a_tiny_run_of_every_mode_measures_both_systems(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
+    picture = tmp_path / "curves.svg"
     completed = subprocess.run(
         [
             sys.executable, "-m", "bench.e2e",
             "--users", "4", "--messages", "3", "--settle", "120",
-            "--no-bare", "--json", str(out),
+            "--probe-messages", "5", "--bursts", "1",
+            "--rates", "4,8", "--step-seconds", "4", "--drain-seconds", "60",
+            "--rasa-workers", "1", "--no-bare",
+            "--picture", str(picture), "--json", str(out),
         ],
         cwd=REPO,
         env={
@@ -93,18 +276,30 @@ def test_a_small_run_measures_both_systems(tmp_path: Path) -> None:
         },
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
         check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert "| this stack |" in completed.stdout
-    assert "| rasa run (1 worker) |" in completed.stdout
-    rows = {row["system"]: row for row in json.loads(out.read_text())["rows"]}
-    ours = rows["this stack"]
-    assert (ours["messages"], ours["answered"]) == (12, 12)
-    assert (ours["duplicated"], ours["out_of_order"]) == (0, 0)
+    for line in ("| this stack |", "| rasa run (1 worker) |", "knee of this stack"):
+        assert line in completed.stdout
+    systems = json.loads(out.read_text())["systems"]
+    assert set(systems) == {"this stack", "rasa run (1 worker)"}
+    for name, result in systems.items():
+        probe = result["latency"]["probe"]
+        assert (probe["messages"], probe["missing"]) == (5, 0), name
+        assert 0 < probe["p50_ms"] <= probe["p99_ms"], name
+        ordering = result["ordering"]
+        assert (ordering["outcome"]["messages"], ordering["outcome"]["answered"]) == (12, 12)
+        # Every message is in the server's own record of what it received.
+        assert ordering["order"]["unknown"] == 0, name
+        assert ordering["redis_per_message"]["commands"] > 0, name
+        steps = result["capacity"]
+        assert [step["offered"] for step in steps] == [4, 8], name
+        for step in steps:
+            assert step["answered"] == step["messages"] > 0, name
+            assert step["cpu_s_per_msg"] > 0 and step["peak_rss_mb"] > 100, name
+            assert step["redis_round_trips_per_msg"] > 0, name
+    ours = systems["this stack"]["ordering"]
+    assert (ours["outcome"]["duplicated"], ours["order"]["answered_late"]) == (0, 0)
     assert set(ours["usage"]) >= {"gateway", "dialogue", "nlu", "chatlog", "redis"}
-    assert all(usage["peak_rss"] > 0 for usage in ours["usage"].values())
-    rasa = rows["rasa run (1 worker)"]
-    assert rasa["answered"] == 12
-    assert rasa["usage"]["rasa"]["peak_rss"] > 100 * 2**20
+    assert picture.read_text().lstrip().startswith("<?xml")

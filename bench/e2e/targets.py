@@ -1,0 +1,235 @@
+"""One interface to both systems: deliver a message, see its replies, read the server's record.
+
+For this stack a delivery is a signed Messenger webhook and a reply is a Send
+API call the Graph API stand-in receives; for Rasa both are one REST call
+(its response carries the reply). Each target also says which processes are
+the system (their CPU is the system's cost) and which are stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+import httpx
+import redis
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.chatlog.v1 import chatlog_service_pb2_grpc as chatlog_grpc
+
+from bench.e2e.load import Delivery, HttpPool, Message, messenger_body
+from bench.e2e.systems import APP_SECRET, PAGE_ID, GraphProcess, OurStack, RasaServer
+from cli.simulate import sign
+
+TENANT_ID = "default"
+
+
+class Replies:
+    """Every reply's time (``time.monotonic()``), by the message id it answers.
+
+    Fed from any thread; awaited from the driver's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.times: dict[str, list[float]] = {}
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[float]]] = {}
+
+    def on_send(self, in_reply_to: str, recipient: str, at: float) -> None:
+        with self._lock:
+            self.times.setdefault(in_reply_to, []).append(at)
+            waiter = self._waiters.pop(in_reply_to, None)
+        if waiter is not None:
+            loop, future = waiter
+            loop.call_soon_threadsafe(_resolve, future, at)
+
+    def first(self, mid: str) -> float | None:
+        with self._lock:
+            times = self.times.get(mid)
+            return times[0] if times else None
+
+    def answered(self, mids: Iterable[str]) -> int:
+        with self._lock:
+            return sum(1 for mid in mids if mid in self.times)
+
+    async def wait(self, mid: str, timeout: float) -> float | None:
+        """When ``mid`` was first answered, or None if not within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if mid in self.times:
+                return self.times[mid][0]
+            future: asyncio.Future[float] = loop.create_future()
+            self._waiters[mid] = (loop, future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            with self._lock:
+                self._waiters.pop(mid, None)
+
+
+def _resolve(future: asyncio.Future[float], at: float) -> None:
+    if not future.done():
+        future.set_result(at)
+
+
+class Target:
+    name: str
+    port: int
+
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self.replies = Replies()
+        self.redis = redis_client
+        self._pool: HttpPool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+
+    def pool(self) -> HttpPool:
+        # Connections belong to one event loop; every asyncio.run gets its own.
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            self._pool, self._pool_loop = HttpPool(self.port), loop
+        return self._pool
+
+    async def deliver(self, message: Message) -> Delivery:
+        raise NotImplementedError
+
+    def system_roots(self) -> dict[str, list[int]]:
+        raise NotImplementedError
+
+    def standin_roots(self) -> dict[str, list[int]]:
+        return {}
+
+    def received(self, users: Iterable[str]) -> dict[str, dict[str, float]]:
+        """Per user, when the server received each message id it has a record of."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class StackTarget(Target):
+    name = OurStack.name
+
+    def __init__(self, workdir: Path, redis_client: redis.Redis, redis_url: str, python: str):
+        super().__init__(redis_client)
+        self.graph = GraphProcess(self.replies.on_send)
+        self.stack = OurStack(workdir, redis_url, self.graph.port, python)
+        self.port = self.stack.ports["gateway"]
+        self._bodies: dict[str, bytes] = {}
+
+    def wait_up(self) -> None:
+        self.stack.wait_up()
+
+    async def deliver(self, message: Message) -> Delivery:
+        # A redelivery is the same body: same timestamp, same signature.
+        body = self._bodies.get(message.mid)
+        if body is None:
+            body = self._bodies[message.mid] = messenger_body(
+                PAGE_ID, message, int(time.time() * 1000)
+            )
+        status, _ = await self.pool().post(
+            "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(body, APP_SECRET)}
+        )
+        return Delivery(status)
+
+    def forget_bodies(self) -> None:
+        self._bodies.clear()
+
+    def system_roots(self) -> dict[str, list[int]]:
+        return self.stack.process_roots()
+
+    def standin_roots(self) -> dict[str, list[int]]:
+        return {"Graph API stand-in": [self.graph.proc.pid]}
+
+    def received(self, users: Iterable[str]) -> dict[str, dict[str, float]]:
+        """From the chatlog, through its gRPC API: each inbound message's ``received_time``."""
+        result: dict[str, dict[str, float]] = {}
+        with grpc.insecure_channel(f"127.0.0.1:{self.stack.ports['chatlog']}") as channel:
+            stub = chatlog_grpc.ChatlogServiceStub(channel)
+            for user in users:
+                times = result.setdefault(user, {})
+                found = stub.ListConversations(
+                    chatlog_pb.ListConversationsRequest(
+                        tenant_id=TENANT_ID, user_id=user, page_size=10
+                    ),
+                    timeout=30,
+                )
+                for conversation in found.conversations:
+                    token = ""
+                    while True:
+                        page = stub.ListMessages(
+                            chatlog_pb.ListMessagesRequest(
+                                tenant_id=TENANT_ID,
+                                conversation_id=conversation.conversation_id,
+                                page_size=1000,
+                                page_token=token,
+                                order=chatlog_pb.MESSAGE_ORDER_OLDEST_FIRST,
+                            ),
+                            timeout=30,
+                        )
+                        for stored in page.messages:
+                            if stored.direction == chatlog_pb.DIRECTION_INBOUND:
+                                times[stored.message_id] = (
+                                    stored.received_time.ToNanoseconds() / 1e9
+                                )
+                        token = page.next_page_token
+                        if not token:
+                            break
+        return result
+
+    def stop(self) -> None:
+        try:
+            self.stack.stop()
+        finally:
+            self.graph.stop()
+
+
+class RasaTarget(Target):
+    def __init__(self, server: RasaServer, redis_client: redis.Redis) -> None:
+        super().__init__(redis_client)
+        self.server = server
+        self.name = server.name
+        self.port = server.port
+
+    def wait_up(self) -> None:
+        self.server.wait_up()
+
+    async def deliver(self, message: Message) -> Delivery:
+        # The message id rides in the metadata, which Rasa keeps in its tracker.
+        body = json.dumps(
+            {"sender": message.user, "message": message.text, "metadata": {"mid": message.mid}}
+        ).encode()
+        status, payload = await self.pool().post("/webhooks/rest/webhook", body, {})
+        # The REST channel's response is the reply itself.
+        if status == 200 and json.loads(payload or b"[]"):
+            self.replies.on_send(message.mid, message.user, time.monotonic())
+        return Delivery(status)
+
+    def system_roots(self) -> dict[str, list[int]]:
+        return self.server.process_roots()
+
+    def received(self, users: Iterable[str]) -> dict[str, dict[str, float]]:
+        """From ``GET /conversations/<id>/tracker``: each user event's time.
+
+        Rasa appends a user event when the message's turn under the
+        conversation lock begins, so this is the order it took messages up.
+        """
+        result: dict[str, dict[str, float]] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60) as client:
+            for user in users:
+                times = result.setdefault(user, {})
+                response = client.get(f"/conversations/{user}/tracker")
+                response.raise_for_status()
+                for event in response.json().get("events", []):
+                    mid = (event.get("metadata") or {}).get("mid")
+                    if event.get("event") == "user" and mid and mid not in times:
+                        times[mid] = float(event["timestamp"])
+        return result
+
+    def stop(self) -> None:
+        self.server.stop()
