@@ -4,17 +4,21 @@ Every overlay under k8s/overlays is built once (``kubectl kustomize``, or the
 kustomize that scripts/k8s_check.sh installs when kubectl is missing) and the
 rendered objects are checked: security context and resources on every container,
 native gRPC probes, the NLU's start-up budget, graceful shutdown longer than the
-dialogue lease, autoscaling and disruption budgets in prod, default-deny network
-policies, and no Secret from the repository. The Dockerfiles get a few static checks.
+dialogue lease, the dialogue service's two halves (intake and workers), autoscaling
+and disruption budgets in prod, selectors that pick their own pods, network
+policies evaluated path by path, the gateway's settings behind the ingress, and no
+Secret from the repository. The Dockerfiles get a few static checks.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,12 +26,27 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh import Env
+from services.gateway.admin import AdminSettings
+from services.gateway.settings import GatewaySettings
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 SERVICES = ("gateway", "dialogue", "nlu", "chatlog")
+# The dialogue service runs as two Deployments of one image: `dialogue` (intake,
+# the API behind the Service of that name) and `dialogue-worker` (the turns).
+DIALOGUE_ROLES = {"dialogue": "intake", "dialogue-worker": "worker"}
+DEPLOYMENTS = (*SERVICES, "dialogue-worker")
+COMPONENTS = {**{name: name for name in SERVICES}, "dialogue-worker": "dialogue"}
 GRPC_PORTS = {"dialogue": 50051, "nlu": 50052, "chatlog": 50053}
-METRICS_PORTS = {"dialogue": 9051, "nlu": 9052, "chatlog": 9053, "gateway": 8080}
+METRICS_PORTS = {
+    "dialogue": 9051,
+    "dialogue-worker": 9051,
+    "nlu": 9052,
+    "chatlog": 9053,
+    "gateway": 8080,
+}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 Obj = dict[str, Any]
 
@@ -100,6 +119,132 @@ def container_env(objs: tuple[Obj, ...], container: Obj) -> dict[str, str]:
     return env
 
 
+def selects(selector: Obj, labels: Mapping[str, str]) -> bool:
+    """A Kubernetes label selector (``matchLabels`` and ``matchExpressions``)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], expression.get("values", [])
+        present = key in labels
+        match expression["operator"]:
+            case "In":
+                ok = present and labels[key] in values
+            case "NotIn":
+                ok = not present or labels[key] not in values
+            case "Exists":
+                ok = present
+            case "DoesNotExist":
+                ok = not present
+            case other:
+                raise AssertionError(f"unknown selector operator {other}")
+        if not ok:
+            return False
+    return True
+
+
+def template_labels(workload: Obj) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def namespace_of(objs: tuple[Obj, ...]) -> str:
+    (namespace,) = of_kind(objs, "Namespace")
+    return namespace
+
+
+# ---- network policies, evaluated -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One end of a connection: a pod (its labels; ``namespace`` empty for the
+    overlay's own) or an address outside the cluster (``ip``)."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    namespace: str = ""
+    ip: str = ""
+
+
+DNS = Peer({"k8s-app": "kube-dns"}, namespace="kube-system")
+INGRESS_CONTROLLER = Peer({"app.kubernetes.io/name": "ingress-nginx"}, namespace="ingress-nginx")
+PROMETHEUS = Peer({"app.kubernetes.io/name": "prometheus"}, namespace="monitoring")
+GRAPH_API = Peer(ip="157.240.22.35")  # graph.facebook.com
+PRIVATE_HOST = Peer(ip="10.1.2.3")
+
+
+def _peer_matches(entry: Obj, peer: Peer, home: str) -> bool:
+    if "ipBlock" in entry:
+        if not peer.ip:
+            return False
+        address = ipaddress.ip_address(peer.ip)
+        block = entry["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(cidr) for cidr in block.get("except", [])
+        )
+    if peer.ip:
+        return False
+    namespace = peer.namespace or home
+    if "namespaceSelector" in entry:
+        if not selects(entry["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
+            return False
+    elif namespace != home:
+        return False
+    return selects(entry.get("podSelector", {}), peer.labels)
+
+
+def _port_matches(rule: Obj, port: int, protocol: str) -> bool:
+    ports = rule.get("ports")
+    return not ports or any(
+        p.get("protocol", "TCP") == protocol and p.get("port", port) == port for p in ports
+    )
+
+
+def _admits(
+    objs: tuple[Obj, ...], pod: Peer, other: Peer, port: int, protocol: str, direction: str
+) -> bool:
+    """Whether the policies selecting ``pod`` let it talk with ``other`` that way."""
+    home = namespace_of(objs)
+    if pod.ip or (pod.namespace and pod.namespace != home):
+        return True  # not ours: no policy of this overlay applies
+    kind, peers = ("Ingress", "from") if direction == "ingress" else ("Egress", "to")
+    applicable = [
+        p["spec"]
+        for p in of_kind(objs, "NetworkPolicy").values()
+        if kind in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], pod.labels)
+    ]
+    if not applicable:
+        return True
+    return any(
+        (not rule.get(peers) or any(_peer_matches(e, other, home) for e in rule[peers]))
+        and _port_matches(rule, port, protocol)
+        for spec in applicable
+        for rule in spec.get(direction, [])
+    )
+
+
+def connects(
+    objs: tuple[Obj, ...], source: Peer, target: Peer, port: int, protocol: str = "TCP"
+) -> bool:
+    """The source's egress and the target's ingress both admit the connection."""
+    return _admits(objs, source, target, port, protocol, "egress") and _admits(
+        objs, target, source, port, protocol, "ingress"
+    )
+
+
+def pod(objs: tuple[Obj, ...], name: str) -> Peer:
+    workloads = {o["metadata"]["name"]: o for o in objs if o["kind"] in WORKLOADS}
+    return Peer(template_labels(workloads[name]))
+
+
+def redis(objs: tuple[Obj, ...]) -> Peer:
+    """The in-namespace Redis, or an address of the external one (prod)."""
+    if "redis" in of_kind(objs, "StatefulSet"):
+        return pod(objs, "redis")
+    (rule,) = of_kind(objs, "NetworkPolicy")["allow-external-redis"]["spec"]["egress"]
+    network = ipaddress.ip_network(rule["to"][0]["ipBlock"]["cidr"])
+    return Peer(ip=str(next(network.hosts())))
+
+
 def test_overlays_exist() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
 
@@ -162,13 +307,13 @@ def test_recommended_labels(overlay: str) -> None:
         assert labels.get("app.kubernetes.io/part-of") == "chatbot", where
         assert labels.get("app.kubernetes.io/managed-by") == "kustomize", where
         assert labels.get("app.kubernetes.io/instance"), where
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         deployment = of_kind(objs, "Deployment")[name]
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector == {"app.kubernetes.io/name": name}
         template = deployment["spec"]["template"]["metadata"]["labels"]
         assert template["app.kubernetes.io/name"] == name
-        assert template["app.kubernetes.io/component"] == name
+        assert template["app.kubernetes.io/component"] == COMPONENTS[name]
         assert template["app.kubernetes.io/part-of"] == "chatbot"
 
 
@@ -221,16 +366,19 @@ def test_prometheus_scrapes_the_metrics_ports(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_graceful_shutdown_outlasts_the_dialogue_lease(overlay: str) -> None:
     objs = render(overlay)
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         deployment = of_kind(objs, "Deployment")[name]
         container = main_container(objs, name)
-        command = container["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[0] == "sleep"
-        pre_stop = int(command[1])
+        pre_stop = 0
+        if name in SERVICES:  # behind a Service: clients need a moment to let go
+            command = container["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[0] == "sleep"
+            pre_stop = int(command[1])
         env = container_env(objs, container)
         grace = float(env.get("SHUTDOWN_GRACE_SECONDS", "10"))
         budget = pod_spec(deployment)["terminationGracePeriodSeconds"]
-        extra = int(env["DIALOGUE_LEASE_MS"]) / 1000 if name == "dialogue" else 0
+        leases = name in DIALOGUE_ROLES and env["DIALOGUE_ROLE"] in ("worker", "all")
+        extra = int(env["DIALOGUE_LEASE_MS"]) / 1000 if leases else 0
         assert budget > pre_stop + grace + extra, name
 
 
@@ -243,7 +391,7 @@ def test_clients_reach_headless_services_through_dns(overlay: str) -> None:
         address = common[f"{name.upper()}_ADDRESS"]
         assert address == f"dns:///{name}:{port}"
         assert services[name]["spec"]["clusterIP"] == "None"
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         env = container_env(objs, main_container(objs, name))
         host = env.get("GATEWAY_HOST") if name == "gateway" else env.get("GRPC_HOST")
         assert host == "0.0.0.0", name
@@ -300,10 +448,6 @@ def test_network_policies_deny_by_default(overlay: str) -> None:
     assert [p["port"] for p in gateway["ingress"][0]["ports"]] == [8080]
     egress_ports = {p["port"] for rule in gateway["egress"] for p in rule["ports"]}
     assert egress_ports == {50051, 50052, 50053, 6379}
-    dialogue = policies["dialogue"]["spec"]
-    outside = [r for r in dialogue["egress"] if "ipBlock" in r["to"][0]]
-    assert [p["port"] for r in outside for p in r["ports"]] == [443]
-    assert "10.0.0.0/8" in outside[0]["to"][0]["ipBlock"]["except"]
     chatlog = policies["chatlog"]["spec"]
     assert {p["port"] for r in chatlog["egress"] for p in r["ports"]} == {9042}
     assert policies["nlu"]["spec"]["egress"] == []
@@ -316,9 +460,26 @@ def test_ingress_exposes_only_the_webhook_and_admin_with_tls(overlay: str) -> No
     (tls,) = ingress["spec"]["tls"]
     (rule,) = ingress["spec"]["rules"]
     assert tls["secretName"] and tls["hosts"] == [rule["host"]]
-    paths = {p["path"] for p in rule["http"]["paths"]}
-    assert paths == {"/webhooks/messenger", "/admin"}
+    # The console's pages and the JSON API they call (live transcripts, agent
+    # replies, the training export); the JSON channel under /api/v1 stays inside.
+    paths = {p["path"]: p["pathType"] for p in rule["http"]["paths"]}
+    assert paths == {"/webhooks/messenger": "Exact", "/admin": "Prefix", "/api/admin": "Prefix"}
     assert {p["backend"]["service"]["name"] for p in rule["http"]["paths"]} == {"gateway"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_trusts_the_ingress_and_sends_secure_cookies_and_hsts(overlay: str) -> None:
+    objs = render(overlay)
+    env = Env(container_env(objs, main_container(objs, "gateway")))
+    settings = GatewaySettings.from_env(env)
+    # Forwarded headers are believed from the pod network (where the ingress
+    # controller runs), never from anyone on the internet.
+    assert settings.forwarded_allow_ips and "*" not in settings.forwarded_allow_ips
+    for peers in settings.forwarded_allow_ips:
+        assert not ipaddress.ip_network(peers).is_global, peers
+    assert settings.hsts_seconds >= 365 * 24 * 3600
+    # Secure and __Host- cookies although the pod itself is reached over http.
+    assert AdminSettings.from_env(env).cookie_secure == "true"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -332,13 +493,127 @@ def test_namespace_enforces_restricted_pod_security(overlay: str) -> None:
             assert o["metadata"]["namespace"] == namespace["metadata"]["name"], o["kind"]
 
 
+# ---- the dialogue service: intake and workers --------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dialogue_runs_as_intake_and_workers_of_one_image(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    # The role is each Deployment's own, never the shared ConfigMap's.
+    assert "DIALOGUE_ROLE" not in config(objs, "dialogue-config")
+    images = set()
+    envs = {}
+    for name, role in DIALOGUE_ROLES.items():
+        container = main_container(objs, name)
+        envs[name] = container_env(objs, container)
+        assert envs[name]["DIALOGUE_ROLE"] == role, name
+        images.add(container["image"])
+        assert pod_spec(deployments[name])["serviceAccountName"] == name
+    assert len(images) == 1, images
+    # Only the workers send, so only they hold the page token; only intake
+    # answers the API whose page tokens are signed.
+    assert "MESSENGER_PAGE_ACCESS_TOKEN_FILE" in envs["dialogue-worker"]
+    assert "MESSENGER_PAGE_ACCESS_TOKEN_FILE" not in envs["dialogue"]
+    assert "DIALOGUE_PAGE_TOKEN_SECRET_FILE" in envs["dialogue"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dialogue_workers_have_native_grpc_probes_and_metrics(overlay: str) -> None:
+    objs = render(overlay)
+    container = main_container(objs, "dialogue-worker")
+    env = container_env(objs, container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": int(env["DIALOGUE_PORT"]), "metrics": int(env["METRICS_PORT"])}
+    # Health and reflection only on the worker's gRPC port: enough for the probes.
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    live = container["livenessProbe"]
+    assert live.get("grpc", {}).get("port") == ports["grpc"] or live["tcpSocket"]["port"] == "grpc"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dialogue_service_selects_intake_pods_only(overlay: str) -> None:
+    objs = render(overlay)
+    deployments = of_kind(objs, "Deployment")
+    intake = template_labels(deployments["dialogue"])
+    worker = template_labels(deployments["dialogue-worker"])
+    services = of_kind(objs, "Service")
+    selector = {"matchLabels": services["dialogue"]["spec"]["selector"]}
+    assert selects(selector, intake) and not selects(selector, worker)
+    # The gateway's target; workers serve no DialogueService, so no Service
+    # sends anything to them.
+    assert config(objs, "chatbot-common")["DIALOGUE_ADDRESS"] == "dns:///dialogue:50051"
+    for service in services.values():
+        if service["spec"].get("selector"):
+            assert not selects({"matchLabels": service["spec"]["selector"]}, worker)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_selector_picks_its_own_pods(overlay: str) -> None:
+    objs = render(overlay)
+    workloads = {o["metadata"]["name"]: o for o in objs if o["kind"] in WORKLOADS}
+
+    def picked(selector: Obj) -> set[str]:
+        return {name for name, w in workloads.items() if selects(selector, template_labels(w))}
+
+    deployments = of_kind(objs, "Deployment")
+    for name, deployment in deployments.items():
+        assert picked(deployment["spec"]["selector"]) == {name}, name
+        for spread in pod_spec(deployment).get("topologySpreadConstraints", []):
+            assert picked(spread["labelSelector"]) == {name}, name
+    for name, service in of_kind(objs, "Service").items():
+        assert picked({"matchLabels": service["spec"]["selector"]}) == {name}, name
+    for name, budget in of_kind(objs, "PodDisruptionBudget").items():
+        assert name in deployments
+        assert picked(budget["spec"]["selector"]) == {name}, name
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        for name, scaler in of_kind(objs, kind).items():
+            target = scaler["spec"]["scaleTargetRef"]
+            assert target.get("kind", "Deployment") == "Deployment", name
+            assert target["name"] == name and name in deployments, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_admit_the_dialogue_paths_and_no_others(overlay: str) -> None:
+    objs = render(overlay)
+    intake, worker = pod(objs, "dialogue"), pod(objs, "dialogue-worker")
+    gateway, nlu, chatlog = pod(objs, "gateway"), pod(objs, "nlu"), pod(objs, "chatlog")
+    store = redis(objs)
+    # Workers: Redis, the NLU, the chatlog, names, and HTTPS to the Graph API
+    # (never to private addresses that way).
+    assert connects(objs, worker, store, 6379)
+    assert connects(objs, worker, nlu, 50052)
+    assert connects(objs, worker, chatlog, 50053)
+    assert connects(objs, worker, DNS, 53, "UDP") and connects(objs, worker, DNS, 53)
+    assert connects(objs, worker, GRAPH_API, 443)
+    assert not connects(objs, worker, PRIVATE_HOST, 443)
+    assert not connects(objs, worker, GRAPH_API, 80)
+    # ...and nothing calls them but Prometheus (the kubelet's probes always pass).
+    assert connects(objs, PROMETHEUS, worker, METRICS_PORTS["dialogue-worker"])
+    for caller in (gateway, intake, nlu, chatlog, INGRESS_CONTROLLER):
+        assert not connects(objs, caller, worker, GRPC_PORTS["dialogue"]), caller
+    # Intake: the gateway's calls in; Redis and the chatlog (hand-offs) out.
+    assert connects(objs, gateway, intake, 50051)
+    assert connects(objs, intake, store, 6379)
+    assert connects(objs, intake, chatlog, 50053)
+    assert connects(objs, intake, DNS, 53, "UDP")
+    assert connects(objs, PROMETHEUS, intake, METRICS_PORTS["dialogue"])
+    assert not connects(objs, intake, nlu, 50052)
+    assert not connects(objs, intake, GRAPH_API, 443)
+    for caller in (worker, nlu, chatlog, INGRESS_CONTROLLER):
+        assert not connects(objs, caller, intake, 50051), caller
+    # The edge: the ingress controller reaches the gateway, and only the gateway.
+    assert connects(objs, INGRESS_CONTROLLER, gateway, 8080)
+    assert not connects(objs, INGRESS_CONTROLLER, intake, 50051)
+
+
 # ---- dev ---------------------------------------------------------------------------
 
 
 def test_dev_runs_one_replica_each_with_datastores_inside() -> None:
     objs = render("dev")
     deployments = of_kind(objs, "Deployment")
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         assert deployments[name]["spec"]["replicas"] == 1
         image = main_container(objs, name)["image"]
         assert image.endswith(":dev"), image
@@ -359,7 +634,7 @@ def test_dev_runs_one_replica_each_with_datastores_inside() -> None:
 def test_prod_autoscales_every_service() -> None:
     objs = render("prod")
     hpas = of_kind(objs, "HorizontalPodAutoscaler")
-    assert set(hpas) == set(SERVICES)
+    assert set(hpas) == set(DEPLOYMENTS)
     for name, hpa in hpas.items():
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -373,15 +648,17 @@ def test_prod_autoscales_every_service() -> None:
         assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
         # The HPA owns the count: a replicas field would reset it on every apply.
         assert "replicas" not in of_kind(objs, "Deployment")[name]["spec"]
-    external = [m for m in hpas["dialogue"]["spec"]["metrics"] if m["type"] == "External"]
+    # Workers scale on the backlog (users waiting for one); intake on CPU alone.
+    external = [m for m in hpas["dialogue-worker"]["spec"]["metrics"] if m["type"] == "External"]
     assert external[0]["external"]["metric"]["name"] == "dialogue_ready_users"
     assert external[0]["external"]["target"]["type"] == "AverageValue"
+    assert {m["type"] for m in hpas["dialogue"]["spec"]["metrics"]} == {"Resource"}
 
 
 def test_prod_has_disruption_budgets_matching_the_pods() -> None:
     objs = render("prod")
     budgets = of_kind(objs, "PodDisruptionBudget")
-    assert set(budgets) == set(SERVICES)
+    assert set(budgets) == set(DEPLOYMENTS)
     for name, pdb in budgets.items():
         assert pdb["apiVersion"] == "policy/v1"
         selector = pdb["spec"]["selector"]["matchLabels"]
@@ -392,7 +669,7 @@ def test_prod_has_disruption_budgets_matching_the_pods() -> None:
 
 def test_prod_spreads_pods_over_zones() -> None:
     objs = render("prod")
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         spread = pod_spec(of_kind(objs, "Deployment")[name])["topologySpreadConstraints"]
         assert {c["topologyKey"] for c in spread} == {
             "topology.kubernetes.io/zone",
@@ -413,16 +690,18 @@ def test_prod_uses_external_datastores() -> None:
     assert "127.0.0.1" not in config(objs, "chatbot-common")["REDIS_URL"]
     job = of_kind(objs, "Job")["chatlog-schema"]
     assert pod_spec(job)["containers"][0]["args"] == ["schema"]
-    for name in SERVICES:
+    for name in DEPLOYMENTS:
         image = main_container(objs, name)["image"]
         assert re.search(r":\d+\.\d+\.\d+$", image), image
 
 
-def test_keda_variant_replaces_the_dialogue_hpa() -> None:
+def test_keda_variant_replaces_the_dialogue_worker_hpa() -> None:
     objs = render("prod-keda")
-    assert set(of_kind(objs, "HorizontalPodAutoscaler")) == set(SERVICES) - {"dialogue"}
-    scaled = of_kind(objs, "ScaledObject")["dialogue"]
-    assert scaled["spec"]["scaleTargetRef"]["name"] == "dialogue"
+    hpas = of_kind(objs, "HorizontalPodAutoscaler")
+    assert set(hpas) == set(DEPLOYMENTS) - {"dialogue-worker"}
+    assert hpas["dialogue"]["spec"]["scaleTargetRef"]["name"] == "dialogue"
+    (scaled,) = of_kind(objs, "ScaledObject").values()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "dialogue-worker"
     queries = [t["metadata"].get("query", "") for t in scaled["spec"]["triggers"]]
     assert any("dialogue_ready_users" in q for q in queries)
 
