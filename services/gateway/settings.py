@@ -111,9 +111,9 @@ def _peers(env: Env, name: str, default: str) -> tuple[str, ...]:
     # uvicorn quietly treats a malformed entry as a name that never matches;
     # here it is a configuration error instead.
     peers = tuple(p.strip() for p in env.string(name, default).split(",") if p.strip())
+    if "*" in peers:
+        return ("*",)  # uvicorn honours "*" only on its own
     for peer in peers:
-        if peer == "*":
-            continue
         try:
             ipaddress.ip_network(peer)
         except ValueError as exc:

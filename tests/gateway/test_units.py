@@ -55,8 +55,9 @@ def test_forwarded_peers_are_addresses_networks_or_any() -> None:
         "fd00::/8",
         "192.0.2.7",
     )
-    star = GatewaySettings.from_env(Env({"GATEWAY_FORWARDED_ALLOW_IPS": "*"}))
-    assert star.forwarded_allow_ips == ("*",)
+    for anyone in ("*", "10.0.0.0/8,*"):
+        star = GatewaySettings.from_env(Env({"GATEWAY_FORWARDED_ALLOW_IPS": anyone}))
+        assert star.forwarded_allow_ips == ("*",)
 
 
 def test_addresses_follow_the_ports_unless_given() -> None:
