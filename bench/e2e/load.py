@@ -12,9 +12,9 @@ for this stack, a REST call for Rasa). Two ways to deliver them:
 
 In both, a delivery that gets no 200 within the time-out, or an error, is
 delivered again (the first attempt is not called off), and some messages are
-delivered a second time a little later, outside the one-at-a-time rule, as
-Messenger's duplicates are. What counts for a user is the reply: when it
-came, how many times, and in which order.
+delivered a second time, a little after their first delivery started and
+outside the one-at-a-time rule, as Messenger's duplicates are. What counts
+for a user is the reply: when it came, how many times, and in which order.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class LoadShape:
     per_page: bool = False
     think_s: tuple[float, float] = (0.1, 0.5)
     duplicate_rate: float = 0.1
-    # A duplicate delivery starts this long after its message was typed.
+    # A duplicate delivery starts this long after the message's first delivery started.
     duplicate_delay_s: tuple[float, float] = (0.0, 1.0)
     timeout_s: float = 20.0  # Messenger gives up on a webhook after this and delivers again
     attempts: int = 5
@@ -275,21 +275,25 @@ async def play(
                 return
             await asyncio.sleep(0.5 * (number + 1))
 
-    async def in_turn(message: Message) -> None:
+    async def first_and_duplicate(message: Message, duplicate_after: float | None) -> None:
+        if duplicate_after is not None:
+            track(asyncio.create_task(_later(duplicate_after, delivery(message))))
+        await delivery(message)
+
+    async def in_turn(message: Message, duplicate_after: float | None) -> None:
         key = "page" if shape.per_page else message.user
         async with gates.setdefault(key, asyncio.Lock()):
-            await delivery(message)
+            await first_and_duplicate(message, duplicate_after)
 
     async def user(messages: list[Message]) -> None:
         await asyncio.sleep(rng.uniform(0, shape.think_s[1]))
         for message in messages:
             record.messages.append(message)
             record.sent_at[message.mid] = time.monotonic()
-            runs = [in_turn(message) if shape.mode == MESSENGER else delivery(message)]
-            if rng.random() < shape.duplicate_rate:
-                runs.append(_later(rng.uniform(*shape.duplicate_delay_s), delivery(message)))
-            for run in runs:
-                track(asyncio.create_task(run))
+            duplicate = rng.random() < shape.duplicate_rate
+            after = rng.uniform(*shape.duplicate_delay_s) if duplicate else None
+            send = in_turn if shape.mode == MESSENGER else first_and_duplicate
+            track(asyncio.create_task(send(message, after)))
             await asyncio.sleep(rng.uniform(*shape.think_s))
 
     total = sum(len(m) for m in users)
