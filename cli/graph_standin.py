@@ -2,8 +2,13 @@
 
 ``chatbot simulate`` runs it so the bot's replies can be seen without a
 Facebook page: ``POST /<version>/me/messages`` is recorded and answered like
-the Send API; ``GET /orders/<id>`` and ``GET /weather?city=`` answer the
-starter bot's actions.
+the Send API; ``GET /<version>/me`` answers the page's id (the dialogue's
+Send API breaker asks it whether the API answers); ``GET /orders/<id>`` and
+``GET /weather?city=`` answer the starter bot's actions.
+
+It speaks HTTP/1.1 with keep-alive, as the Graph API does;
+``close_connections`` answers every request with ``Connection: close``
+instead, which behind a lossy link loses answers in transit.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str
         message_id = f"m_out_{next(_sent_ids)}"
         reply = (recipient, text, str(metadata.get("in_reply_to", "")))
         return 200, {"recipient_id": recipient, "message_id": message_id}, reply
+    if url.path.endswith("/me"):
+        return 200, {"id": "page-1"}, None
     if url.path.startswith("/orders/"):
         order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
         return (200, order, None) if order else (404, {"error": "none"}, None)
@@ -69,12 +76,15 @@ class GraphStandIn:
     port: int = 8091
     sent: list[Sent] = field(default_factory=list)
     on_send: Callable[[Sent], None] | None = None
+    close_connections: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> GraphStandIn:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -83,6 +93,9 @@ class GraphStandIn:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                if owner.close_connections:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(raw)
 

@@ -4,20 +4,28 @@
 split under 2000 characters, quick replies on the last part, ``metadata``
 naming the inbound mid, and retries with backoff on the error codes Meta
 documents as temporary. Other channels implement ``OutboundChannel``.
+
+Errors::
+
+    SendError            a reply could not be sent (``permanent``: retrying will not help)
+    └── SendHeld         nothing was attempted: the Send API breaker holds new sends,
+                         or too little of the lease is left; not a failure of the reply
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
+import time
 from typing import Protocol
 
 import httpx
 from chatbot.common.v1 import event_pb2
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from mesh import get_logger
 from mesh.tenants import Tenant
+from services.dialogue import metrics
+from services.dialogue.breaker import BreakerState, SendBreaker
 
 _log = get_logger("dialogue.channels")
 
@@ -43,11 +51,29 @@ class SendError(Exception):
         self.code = code
 
 
+class SendHeld(SendError):
+    """Nothing was attempted; the caller renews its lease and calls again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+class _Lost(Exception):
+    """An attempt failed after its request may have arrived."""
+
+
 class OutboundChannel(Protocol):
     async def send(
-        self, tenant: Tenant, user_id: str, reply: event_pb2.Reply, in_reply_to: str
+        self,
+        tenant: Tenant,
+        user_id: str,
+        reply: event_pb2.Reply,
+        in_reply_to: str,
+        *,
+        deadline: float | None = None,
     ) -> str:
-        """Sends one reply; returns the channel's id for it."""
+        """Sends one reply; returns the channel's id for it. ``deadline``
+        (``time.monotonic()``): no attempt starts that could end after it."""
 
     async def typing(self, tenant: Tenant, user_id: str) -> None:
         """Shows that the bot is working on an answer (best effort)."""
@@ -73,7 +99,50 @@ def _auth(tenant: Tenant) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant.page_access_token}"}
 
 
+# Failures before the request was written: it cannot have arrived, so a retry is safe.
+_NOT_WRITTEN = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+# Kept back from the deadline for the steps after a send (marking it sent).
+_MARGIN_S = 0.25
+# An attempt with less time than this is not worth starting.
+_MIN_ATTEMPT_S = 0.5
+
+
+class _Written:
+    """Follows httpcore's trace of one request: was all of it handed to the network?"""
+
+    def __init__(self) -> None:
+        self.traced = False
+        self.written = False
+
+    async def __call__(self, name: str, info: dict[str, object]) -> None:
+        self.traced = True
+        if name.endswith("send_request_body.complete"):
+            self.written = True
+
+    def may_have_arrived(self, exc: BaseException) -> bool:
+        if self.traced:
+            return self.written
+        return not isinstance(exc, _NOT_WRITTEN)
+
+
 class MessengerChannel:
+    """The Send API client.
+
+    Each message's attempts know what they risk. A failure before the request
+    was written (refused, DNS, TLS, no free connection) is retried after a
+    backoff. A failure after it may have arrived (no answer in time, the
+    connection lost mid-answer) trips the process's ``SendBreaker``: the
+    message is sent again only once the API answers again, so an outage costs
+    at most one repeat per message in flight. While the breaker is open no
+    attempt starts and none is counted; ``send`` waits, or raises ``SendHeld``
+    when its ``deadline`` comes first.
+    """
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -82,12 +151,16 @@ class MessengerChannel:
         attempts: int = 5,
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
+        breaker: SendBreaker | None = None,
     ) -> None:
         self._client = client
-        self._url = graph_api_url.rstrip("/") + "/me/messages"
+        base = graph_api_url.rstrip("/")
+        self._url = base + "/me/messages"
+        self._probe_url = base + "/me"
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
+        self.breaker = breaker or SendBreaker()
 
     def _bodies(
         self, user_id: str, reply: event_pb2.Reply, in_reply_to: str
@@ -122,48 +195,151 @@ class MessengerChannel:
         ]
 
     async def send(
-        self, tenant: Tenant, user_id: str, reply: event_pb2.Reply, in_reply_to: str
+        self,
+        tenant: Tenant,
+        user_id: str,
+        reply: event_pb2.Reply,
+        in_reply_to: str,
+        *,
+        deadline: float | None = None,
     ) -> str:
         if not tenant.page_access_token:
             raise SendError(f"tenant {tenant.id} has no page access token", permanent=True)
         message_id = ""
         for body in self._bodies(user_id, reply, in_reply_to):
-            message_id = await self._post(tenant, body)
+            message_id = await self._post(tenant, body, deadline, in_reply_to)
         return message_id
 
     async def typing(self, tenant: Tenant, user_id: str) -> None:
         if not tenant.page_access_token:
             return
+        if self.breaker.state() is not BreakerState.CLOSED:
+            return  # never worth a request into a failing API
         body = {"recipient": {"id": user_id}, "sender_action": "typing_on"}
-        # A typing indicator is never worth failing a message for.
-        with contextlib.suppress(httpx.HTTPError):
-            await self._client.post(
-                self._url, headers=_auth(tenant), json=body, timeout=self._timeout_s
-            )
-
-    async def _post(self, tenant: Tenant, body: dict[str, object]) -> str:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=self._backoff_s, max=5.0),
-            retry=retry_if_exception(lambda e: isinstance(e, SendError) and not e.permanent),
-            reraise=True,
-        ):
-            with attempt:
-                return await self._post_once(tenant, body)
-        raise AssertionError("unreachable")
-
-    async def _post_once(self, tenant: Tenant, body: dict[str, object]) -> str:
+        call = self.breaker.started()
         try:
             response = await self._client.post(
                 self._url, headers=_auth(tenant), json=body, timeout=self._timeout_s
             )
-        except httpx.HTTPError as exc:
+        except httpx.HTTPError:
+            # A typing indicator is never worth failing a message for.
+            self.breaker.failed(call, lost=False)
+            return
+        except BaseException:
+            self.breaker.abandoned(call)
+            raise
+        self.breaker.answered(call, healthy=response.status_code < 500)
+
+    async def _probe(self, tenant: Tenant, timeout_s: float) -> bool:
+        """Whether the Graph API answers, asking for the page's id: sends nothing to anyone."""
+        try:
+            response = await asyncio.wait_for(
+                self._client.get(
+                    self._probe_url,
+                    params={"fields": "id"},
+                    headers=_auth(tenant),
+                    timeout=timeout_s,
+                ),
+                timeout_s,
+            )
+        except (httpx.HTTPError, TimeoutError):
+            return False
+        return response.status_code < 500
+
+    def _attempt_timeout(self, deadline: float | None) -> float:
+        """The time an attempt may take now; 0 when none may start."""
+        if deadline is None:
+            return self._timeout_s
+        left = deadline - time.monotonic() - _MARGIN_S
+        timeout = min(self._timeout_s, left)
+        return timeout if timeout >= _MIN_ATTEMPT_S else 0.0
+
+    async def _post(
+        self, tenant: Tenant, body: dict[str, object], deadline: float | None, in_reply_to: str
+    ) -> str:
+        latest_start = None if deadline is None else deadline - _MARGIN_S - _MIN_ATTEMPT_S
+        failures = 0
+        lost_before = False
+        while True:
+            if not await self.breaker.admit(
+                latest_start, lambda timeout: self._probe(tenant, timeout)
+            ):
+                raise SendHeld("the Send API breaker is open")
+            timeout = self._attempt_timeout(deadline)
+            if not timeout:
+                metrics.SEND_HELD.labels("lease").inc()
+                raise SendHeld("too little of the lease left for an attempt")
+            if lost_before:
+                metrics.SEND_RESENT_AFTER_LOST.inc()
+            try:
+                return await self._post_once(tenant, body, timeout, in_reply_to)
+            except _Lost:
+                # The breaker is open now: the next attempt waits until the API answers.
+                lost_before = True
+                failures += 1
+                error: SendError = SendError("Send API answer lost", permanent=False)
+            except SendError as exc:
+                if exc.permanent:
+                    raise
+                failures += 1
+                error = exc
+            if failures >= self._attempts:
+                # Failing for this message alone counts against it; for everyone, it waits.
+                if not await self.breaker.admit(
+                    latest_start, lambda timeout: self._probe(tenant, timeout)
+                ):
+                    raise SendHeld("the Send API breaker is open") from error
+                raise error
+            pause = min(self._backoff_s * 2 ** (failures - 1), 5.0)
+            if latest_start is not None and time.monotonic() + pause > latest_start:
+                metrics.SEND_HELD.labels("lease").inc()
+                raise SendHeld("too little of the lease left to retry") from error
+            await asyncio.sleep(pause)
+
+    async def _post_once(
+        self, tenant: Tenant, body: dict[str, object], timeout: float, in_reply_to: str
+    ) -> str:
+        trace = _Written()
+        call = self.breaker.started()
+        try:
+            # The total bounded too: httpx's timeouts are per read, and a trickle never trips them.
+            response = await asyncio.wait_for(
+                self._client.post(
+                    self._url,
+                    headers=_auth(tenant),
+                    json=body,
+                    timeout=timeout,
+                    extensions={"trace": trace},
+                ),
+                timeout,
+            )
+        except (httpx.TransportError, TimeoutError) as exc:
+            if trace.may_have_arrived(exc):
+                self.breaker.failed(call, lost=True)
+                metrics.SEND_ATTEMPTS.labels("lost").inc()
+                _log.warning(
+                    "Send API answer lost: the message may have arrived",
+                    extra={"tenant": tenant.id, "in_reply_to": in_reply_to, "error": repr(exc)},
+                )
+                raise _Lost() from exc
+            self.breaker.failed(call, lost=False)
+            metrics.SEND_ATTEMPTS.labels("unreachable").inc()
             raise SendError(f"Send API unreachable: {exc!r}", permanent=False) from exc
+        except httpx.HTTPError as exc:
+            self.breaker.failed(call, lost=False)
+            metrics.SEND_ATTEMPTS.labels("unreachable").inc()
+            raise SendError(f"Send API request failed: {exc!r}", permanent=True) from exc
+        except BaseException:
+            self.breaker.abandoned(call)
+            raise
+        self.breaker.answered(call, healthy=response.status_code < 500)
         if response.status_code == 200:
+            metrics.SEND_ATTEMPTS.labels("ok").inc()
             try:
                 return str(response.json().get("message_id", ""))
             except ValueError:
                 return ""
+        metrics.SEND_ATTEMPTS.labels("refused").inc()
         code, subcode, message = 0, 0, response.text[:300]
         try:
             error = response.json().get("error") or {}

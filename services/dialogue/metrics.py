@@ -47,3 +47,32 @@ OLDEST_QUEUED_SECONDS = Gauge(
     "dialogue_oldest_queued_item_age_seconds",
     "Age of the oldest item at the head of a user's queue (sampled like dialogue_queued_items).",
 )
+SEND_ATTEMPTS = Counter(
+    "dialogue_send_attempts_total",
+    "Send API requests by outcome: ok; refused (an error answer); unreachable (failed before"
+    " the request was written: safe to retry); lost (failed after it may have arrived).",
+    ["outcome"],
+)
+SEND_RESENT_AFTER_LOST = Counter(
+    "dialogue_send_resent_after_lost_total",
+    "Messages sent again after an attempt whose answer was lost: each may reach the user twice.",
+)
+SEND_HELD = Counter(
+    "dialogue_sends_held_total",
+    "Sends that waited before starting, by reason: breaker (the Send API fails or hangs) or"
+    " lease (too little of the lease left for an attempt).",
+    ["reason"],
+)
+SENDS_WAITING = Gauge("dialogue_sends_waiting", "Sends waiting for the Send API breaker now.")
+SEND_BREAKER_OPEN = Gauge(
+    "dialogue_send_breaker_open",
+    "1 while the Send API breaker holds new sends (the API fails or hangs), else 0.",
+)
+SEND_BREAKER_CHANGES = Counter(
+    "dialogue_send_breaker_transitions_total",
+    "Changes of the Send API breaker, by new state: open, hanging, closed.",
+    ["state"],
+)
+SEND_PROBES = Counter(
+    "dialogue_send_probes_total", "Recovery probes of the Send API, by outcome.", ["outcome"]
+)

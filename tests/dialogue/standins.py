@@ -1,7 +1,9 @@
 """Real servers standing in for what the dialogue service talks to.
 
-- ``GraphApi``: an HTTP server in place of Facebook's Send API, recording
-  every message and failing on command (error codes, delays).
+- ``GraphApi``: an HTTP/1.1 keep-alive server in place of Facebook's Send API,
+  recording every message and failing on command (error codes, delays,
+  ``Connection: close`` on every answer, answers lost after the message
+  arrived).
 - ``KeywordNlu``: a gRPC NluService answering by keyword, with a settable delay
   and an on/off switch: the small, fast model of the ordering tests.
 - ``RecordingChatlog``: a gRPC ChatlogService keeping appends by message id
@@ -43,7 +45,15 @@ class SentMessage:
 
 @dataclass
 class GraphApi:
-    """``POST /me/messages`` recorder; also serves the actions' APIs."""
+    """``POST /me/messages`` recorder; also serves the actions' APIs.
+
+    It speaks HTTP/1.1 with keep-alive, as the Graph API does.
+    ``close_connections``: every answer carries ``Connection: close`` and the
+    connection ends after it. ``lose_answers``: that many messages are recorded
+    (they arrived) and their connections close without an answer, as when an
+    answer is lost on its way back; ``answer_delay_s`` holds answers back after
+    recording the message, and ``GET /me`` (a breaker's probe) as well.
+    """
 
     port: int = 0
     sent: list[SentMessage] = field(default_factory=list)
@@ -54,12 +64,20 @@ class GraphApi:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     weather_status: int = 200
     tokens: set[str] = field(default_factory=set)  # page tokens the Send API calls carried
+    close_connections: bool = False
+    lose_answers: int = 0  # how many of the next messages arrive and get no answer
+    answer_delay_s: float = 0.0  # after a message is recorded (it arrived), and for GET /me
+    probe_status: int = 200
+    probes: int = 0  # GET /me: the breaker asking whether the API answers
+    peers: set[int] = field(default_factory=set)  # client ports: one per connection
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> GraphApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -68,10 +86,15 @@ class GraphApi:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                if api.close_connections:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(raw)
 
             def do_POST(self) -> None:
+                with api.lock:
+                    api.peers.add(self.client_address[1])
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 query = parse_qs(urlparse(self.path).query)
@@ -105,12 +128,26 @@ class GraphApi:
                         )
                     )
                     count = len(api.sent)
+                with api.lock:
+                    lose = api.lose_answers > 0
+                    api.lose_answers -= lose
+                if lose:
+                    self.close_connection = True  # arrived, and no answer goes back
+                    return None
+                if api.answer_delay_s:
+                    time.sleep(api.answer_delay_s)
                 self._reply(
                     200, {"recipient_id": body["recipient"]["id"], "message_id": f"m_out{count}"}
                 )
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
+                if url.path.endswith("/me"):
+                    with api.lock:
+                        api.probes += 1
+                    if api.answer_delay_s:
+                        time.sleep(api.answer_delay_s)
+                    return self._reply(api.probe_status, {"id": "page-1"})
                 with api.lock:
                     api.actions.append({"path": url.path, "query": parse_qs(url.query)})
                 if url.path.startswith("/orders/"):
@@ -153,6 +190,12 @@ class GraphApi:
             self.actions.clear()
         self.rule = None
         self.delay_s = 0.0
+        self.answer_delay_s = 0.0
+        self.close_connections = False
+        self.lose_answers = 0
+        self.probe_status = 200
+        self.probes = 0
+        self.peers.clear()
 
 
 KEYWORDS = [
