@@ -318,6 +318,17 @@ class Bench:
                 return received
             time.sleep(1)
 
+    def explain(self, mids: list[str], users: dict[str, str]) -> dict[str, int]:
+        by_user: dict[str, list[str]] = {}
+        for mid in mids:
+            by_user.setdefault(users[mid], []).append(mid)
+        try:
+            why = self.target.unanswered(by_user)
+        except Exception as error:  # the explanation is a courtesy; the numbers stand
+            return {f"unexplained ({type(error).__name__})": len(mids)}
+        say(f"{self.target.name}: unanswered: {why}")
+        return why
+
     def capacity(self, rates: list[float]) -> list[sweep.Step]:
         steps: list[sweep.Step] = []
         over = 0
@@ -365,6 +376,9 @@ class Bench:
                 redis_round_trips_per_msg=cost.round_trips if cost else math.nan,
                 others_cores=max(0.0, busy - sum(u.cpu_s for u in usage.values())) / wall,
             )
+            missing = [mid for mid in record.sent_at if self.target.replies.first(mid) is None]
+            if missing:
+                step = replace(step, unanswered=self.explain(missing, record.users))
             steps.append(step)
             if isinstance(self.target, StackTarget):
                 self.target.forget_bodies()
@@ -500,6 +514,11 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float 
         )
         print(report.capacity_table(curves))
         print()
+        for name, steps in curves.items():
+            for step in steps:
+                if step.unanswered:
+                    reasons = ", ".join(f"{n} {why}" for why, n in step.unanswered.items())
+                    print(f"{name} at {step.offered:g} msg/s, never answered: {reasons}")
         for line in report.knee_lines(curves, args.p99_limit * 1000):
             print(line)
         if args.picture:

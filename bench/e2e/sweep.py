@@ -35,6 +35,8 @@ class StepRecord:
     step_s: float = 0.0
     warm_s: float = 0.0
     sent_at: dict[str, float] = field(default_factory=dict)
+    # Each message's user.
+    users: dict[str, str] = field(default_factory=dict)
     acked_in: dict[str, float] = field(default_factory=dict)
     drained: bool = True
 
@@ -63,6 +65,8 @@ class Step:
     redis_round_trips_per_msg: float = math.nan
     # Cores busy with processes outside the bench during the step (a shared machine).
     others_cores: float = math.nan
+    # Messages never answered, by the reason the server's own record gives.
+    unanswered: dict[str, int] = field(default_factory=dict)
 
 
 def knee(steps: Sequence[Step], limit_ms: float = 2000.0) -> float | None:
@@ -136,6 +140,7 @@ async def offer(
         user = count % users
         message = Message(f"u-{run}-{user}", count // users, f"m-{run}-{count}", rng.choice(texts))
         record.sent_at[message.mid] = time.monotonic()
+        record.users[message.mid] = message.user
         task = asyncio.create_task(attempt(message))
         pending.add(task)
         task.add_done_callback(pending.discard)

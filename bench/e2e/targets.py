@@ -108,6 +108,16 @@ class Target:
         """Per user, when the server received each message id it has a record of."""
         raise NotImplementedError
 
+    def unanswered(self, mids: dict[str, list[str]]) -> dict[str, int]:
+        """Why messages (by user) got no reply, as far as the server's record tells."""
+        received = self.received(mids)
+        why: dict[str, int] = {}
+        for user, mine in mids.items():
+            for mid in mine:
+                reason = "in the tracker" if mid in received[user] else "not in the tracker"
+                why[reason] = why.get(reason, 0) + 1
+        return why
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -148,7 +158,31 @@ class StackTarget(Target):
 
     def received(self, users: Iterable[str]) -> dict[str, dict[str, float]]:
         """From the chatlog, through its gRPC API: each inbound message's ``received_time``."""
-        result: dict[str, dict[str, float]] = {}
+        return {
+            user: {mid: stored.received_time.ToNanoseconds() / 1e9 for mid, stored in mine.items()}
+            for user, mine in self.inbound(users).items()
+        }
+
+    def unanswered(self, mids: dict[str, list[str]]) -> dict[str, int]:
+        """Why messages (by user) got no reply, as far as the chatlog tells."""
+        stored = self.inbound(mids)
+        why: dict[str, int] = {}
+        for user, mine in mids.items():
+            for mid in mine:
+                record = stored[user].get(mid)
+                if record is None:
+                    reason = "not in the chatlog"
+                elif record.intent.name == "human_handoff":
+                    reason = "a hand-off request (the bot falls silent)"
+                elif record.handed_off:
+                    reason = "after a hand-off request"
+                else:
+                    reason = f"stored, no reply ({record.intent.name or 'no intent'})"
+                why[reason] = why.get(reason, 0) + 1
+        return why
+
+    def inbound(self, users: Iterable[str]) -> dict[str, dict[str, chatlog_pb.ChatMessage]]:
+        result: dict[str, dict[str, chatlog_pb.ChatMessage]] = {}
         with grpc.insecure_channel(f"127.0.0.1:{self.stack.ports['chatlog']}") as channel:
             stub = chatlog_grpc.ChatlogServiceStub(channel)
             for user in users:
@@ -174,9 +208,7 @@ class StackTarget(Target):
                         )
                         for stored in page.messages:
                             if stored.direction == chatlog_pb.DIRECTION_INBOUND:
-                                times[stored.message_id] = (
-                                    stored.received_time.ToNanoseconds() / 1e9
-                                )
+                                times[stored.message_id] = stored
                         token = page.next_page_token
                         if not token:
                             break
