@@ -318,14 +318,17 @@ class Bench:
                 return received
             time.sleep(1)
 
-    def explain(self, mids: list[str], users: dict[str, str]) -> dict[str, int]:
+    def explain(self, record: sweep.StepRecord, mids: list[str]) -> dict[str, int]:
         by_user: dict[str, list[str]] = {}
         for mid in mids:
-            by_user.setdefault(users[mid], []).append(mid)
+            by_user.setdefault(record.users[mid], []).append(mid)
         try:
             why = self.target.unanswered(by_user)
         except Exception as error:  # the explanation is a courtesy; the numbers stand
             return {f"unexplained ({type(error).__name__})": len(mids)}
+        unacked = sum(1 for mid in mids if mid not in record.acked_in)
+        if unacked:
+            why["of them, delivered without a 200"] = unacked
         say(f"{self.target.name}: unanswered: {why}")
         return why
 
@@ -378,7 +381,7 @@ class Bench:
             )
             missing = [mid for mid in record.sent_at if self.target.replies.first(mid) is None]
             if missing:
-                step = replace(step, unanswered=self.explain(missing, record.users))
+                step = replace(step, unanswered=self.explain(record, missing))
             steps.append(step)
             if isinstance(self.target, StackTarget):
                 self.target.forget_bodies()
@@ -519,6 +522,9 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float 
                 if step.unanswered:
                     reasons = ", ".join(f"{n} {why}" for why, n in step.unanswered.items())
                     print(f"{name} at {step.offered:g} msg/s, never answered: {reasons}")
+                if step.failed_deliveries:
+                    print(f"{name} at {step.offered:g} msg/s, deliveries without a 200: "
+                          f"{step.failed_deliveries}")  # fmt: skip
         for line in report.knee_lines(curves, args.p99_limit * 1000):
             print(line)
         if args.picture:

@@ -156,10 +156,25 @@ class HttpPool:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        if self._idle:
+        while self._idle:
             reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+            try:
+                return await self._exchange(reader, writer, path, body, headers)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # The server closed it while idle (keep-alive time-out): any
+                # HTTP client tries again on a fresh connection.
+                continue
+        reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+        return await self._exchange(reader, writer, path, body, headers)
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> tuple[int, bytes]:
         try:
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             writer.write(

@@ -38,6 +38,8 @@ class StepRecord:
     # Each message's user.
     users: dict[str, str] = field(default_factory=dict)
     acked_in: dict[str, float] = field(default_factory=dict)
+    # Deliveries that got no 200: by status code or error.
+    failures: dict[str, int] = field(default_factory=dict)
     drained: bool = True
 
 
@@ -67,6 +69,8 @@ class Step:
     others_cores: float = math.nan
     # Messages never answered, by the reason the server's own record gives.
     unanswered: dict[str, int] = field(default_factory=dict)
+    # Deliveries without a 200 (each message is delivered once in a step).
+    failed_deliveries: dict[str, int] = field(default_factory=dict)
 
 
 def knee(steps: Sequence[Step], limit_ms: float = 2000.0) -> float | None:
@@ -99,6 +103,7 @@ def measure(record: StepRecord, replies: Callable[[str], float | None]) -> Step:
         ack_p50_ms=percentile(acks, 0.5) * 1000,
         ack_p99_ms=percentile(acks, 0.99) * 1000,
         drained=record.drained,
+        failed_deliveries=dict(record.failures),
     )
 
 
@@ -124,10 +129,15 @@ async def offer(
         started = time.monotonic()
         try:
             result = await deliver(message)
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.IncompleteReadError) as error:
+            kind = type(error).__name__
+            record.failures[kind] = record.failures.get(kind, 0) + 1
             return
         if result.status == 200:
             record.acked_in[message.mid] = time.monotonic() - started
+        else:
+            kind = f"HTTP {result.status}"
+            record.failures[kind] = record.failures.get(kind, 0) + 1
 
     record.started = time.monotonic()
     due = record.started

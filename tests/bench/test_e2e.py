@@ -18,6 +18,7 @@ from bench.e2e.load import (
     MESSENGER,
     OVERLAPPING,
     Delivery,
+    HttpPool,
     LoadShape,
     Message,
     Record,
@@ -157,6 +158,40 @@ def test_a_late_reply_is_put_down_to_the_way_in_or_to_the_server() -> None:
     assert result.answered_late == 3
     assert (result.late_on_arrival, result.late_by_server, result.unknown) == (1, 1, 1)
     assert result.received_late == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    """One request per connection, then the server hangs up, as after a keep-alive time-out."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> list[tuple[int, bytes]]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = HttpPool(port)
+        answers = []
+        for _ in range(3):
+            answers.append(await pool.post("/", b"{}", {}))
+            await asyncio.sleep(0.05)  # the server's close arrives while the connection idles
+        pool.close()
+        server.close()
+        await server.wait_closed()
+        return answers
+
+    assert asyncio.run(run()) == [(200, b"ok")] * 3
+    assert connections == 3
 
 
 class _Server:
