@@ -261,7 +261,7 @@ class Bench:
                     users,
                     self.target.deliver,
                     record,
-                    lambda: self.target.replies.answered(mids),
+                    lambda: self.target.answered(mids),
                     self.args.settle,
                     say,
                 )
@@ -355,7 +355,7 @@ class Bench:
                         self.texts,
                         f"{self.run}c{number}",
                         self.target.deliver,
-                        self.target.replies.answered,
+                        self.target.answered,
                     )
                 )
             finally:

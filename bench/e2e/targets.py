@@ -121,6 +121,15 @@ class Target:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def answered(self, mids: Iterable[str]) -> int:
+        """How many of ``mids`` were answered; fails at once if the system is gone."""
+        if not self.alive():
+            raise RuntimeError(f"{self.name} stopped during the run")
+        return self.replies.answered(mids)
+
 
 class StackTarget(Target):
     name = OurStack.name
@@ -214,6 +223,9 @@ class StackTarget(Target):
                             break
         return result
 
+    def alive(self) -> bool:
+        return self.stack.proc.poll() is None
+
     def stop(self) -> None:
         try:
             self.stack.stop()
@@ -262,6 +274,9 @@ class RasaTarget(Target):
                     if event.get("event") == "user" and mid and mid not in times:
                         times[mid] = float(event["timestamp"])
         return result
+
+    def alive(self) -> bool:
+        return self.server.proc.poll() is None
 
     def stop(self) -> None:
         self.server.stop()
