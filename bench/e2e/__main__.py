@@ -1,6 +1,6 @@
 """python -m bench.e2e: the whole stack beside Rasa's own server, measured three ways.
 
-Starts this stack as ``make run`` does (replies go to a Graph API stand-in in
+Starts this stack as ``make run`` does (``chatbot run``) (replies go to a Graph API stand-in in
 its own process), then ``rasa run`` (REST channel, Redis lock store, 1 and 2
 workers) trained on the same NLU data and pipeline with one rule per intent,
 and measures each with the same messages (held-out texts neither model was
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis(port=redis_server.port)
         try:
             if not args.no_stack:
-                say("starting this stack (python -m cli.main run) ...")
+                say("starting this stack (chatbot run, as make run does) ...")
                 stack = StackTarget(workdir, client, redis_server.url, python)
                 try:
                     stack.wait_up()

@@ -128,7 +128,7 @@ def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], sig: int = sign
 
 
 class OurStack:
-    """``python -m cli.main run`` on free ports."""
+    """``chatbot run`` (``python -m cli.main run``) on free ports."""
 
     name = "this stack"
 
@@ -162,8 +162,11 @@ class OurStack:
         self.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         self.log_path = workdir / "stack.log"
         self._log = self.log_path.open("wb")
+        # The installed ``chatbot`` command when there is one (what ``make run`` calls).
+        script = Path(sys.executable).with_name("chatbot")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "run"],
+            [*command, "run"],
             cwd=REPO,
             env=self.env,
             stdout=self._log,
