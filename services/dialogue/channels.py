@@ -15,6 +15,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from typing import Protocol
@@ -110,6 +111,8 @@ _NOT_WRITTEN = (
 _MARGIN_S = 0.25
 # An attempt with less time than this is not worth starting.
 _MIN_ATTEMPT_S = 0.5
+# Messages remembered as possibly delivered, oldest forgotten first.
+_UNCERTAIN_KEPT = 10_000
 
 
 class _Written:
@@ -161,6 +164,9 @@ class MessengerChannel:
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self.breaker = breaker or SendBreaker()
+        # Messages whose last attempt's answer was lost, across calls (a held
+        # send is called again): their next attempt may repeat them.
+        self._uncertain: dict[str, None] = {}
 
     def _bodies(
         self, user_id: str, reply: event_pb2.Reply, in_reply_to: str
@@ -259,7 +265,7 @@ class MessengerChannel:
     ) -> str:
         latest_start = None if deadline is None else deadline - _MARGIN_S - _MIN_ATTEMPT_S
         failures = 0
-        lost_before = False
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         while True:
             if not await self.breaker.admit(
                 latest_start, lambda timeout: self._probe(tenant, timeout)
@@ -269,17 +275,22 @@ class MessengerChannel:
             if not timeout:
                 metrics.SEND_HELD.labels("lease").inc()
                 raise SendHeld("too little of the lease left for an attempt")
-            if lost_before:
+            if key in self._uncertain:
                 metrics.SEND_RESENT_AFTER_LOST.inc()
             try:
-                return await self._post_once(tenant, body, timeout, in_reply_to)
+                message_id = await self._post_once(tenant, body, timeout, in_reply_to)
+                self._uncertain.pop(key, None)
+                return message_id
             except _Lost:
                 # The breaker is open now: the next attempt waits until the API answers.
-                lost_before = True
+                self._uncertain[key] = None
+                while len(self._uncertain) > _UNCERTAIN_KEPT:
+                    del self._uncertain[next(iter(self._uncertain))]
                 failures += 1
                 error: SendError = SendError("Send API answer lost", permanent=False)
             except SendError as exc:
                 if exc.permanent:
+                    self._uncertain.pop(key, None)
                     raise
                 failures += 1
                 error = exc

@@ -31,6 +31,10 @@ def counted(outcome: str) -> float:
     return REGISTRY.get_sample_value("dialogue_send_attempts_total", {"outcome": outcome}) or 0.0
 
 
+def resent() -> float:
+    return REGISTRY.get_sample_value("dialogue_send_resent_after_lost_total") or 0.0
+
+
 def reply(text: str = "hello") -> event_pb2.Reply:
     return event_pb2.Reply(text=text)
 
@@ -142,6 +146,23 @@ async def test_lost_answer_is_resent_once_and_only_after_the_api_answers_again(
     await send
     assert copies(api) == {"m_1": 2}
     assert counted("lost") == lost + 1
+
+
+async def test_a_held_send_called_again_still_knows_its_answer_was_lost(
+    api: GraphApi, client: httpx.AsyncClient
+) -> None:
+    api.lose_answers = 1
+    api.probe_status = 503
+    before = resent()
+    breaker = SendBreaker(cooldown_s=0.02, max_cooldown_s=0.05)
+    channel = MessengerChannel(client, api.url, backoff_s=0.01, breaker=breaker)
+    with pytest.raises(SendHeld):
+        await channel.send(TENANT, "u1", reply(), "m_1", deadline=time.monotonic() + 1.5)
+    assert copies(api) == {"m_1": 1}
+    api.probe_status = 200
+    await channel.send(TENANT, "u1", reply(), "m_1", deadline=time.monotonic() + 10)
+    assert copies(api) == {"m_1": 2}
+    assert resent() == before + 1
 
 
 async def test_read_timeout_is_a_lost_answer(api: GraphApi, client: httpx.AsyncClient) -> None:
