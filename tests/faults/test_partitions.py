@@ -282,6 +282,12 @@ def scrape(*urls: str) -> Counter[str]:
                 route = sample.labels.get("route", "messenger")
                 if "messenger" not in route:
                     continue  # the gateway's answers to webhooks only
+                if sample.name == "grpc_client_handling_seconds_count":
+                    code = sample.labels.get("grpc_code", "")
+                    if code != "OK":  # calls to the NLU and the chatlog that failed
+                        values[f"rpc {sample.labels.get('grpc_method')} {code}"] += int(
+                            sample.value
+                        )
                 for (name, label), short in WATCHED.items():
                     if sample.name == name:
                         key = f"{short} {sample.labels.get(label, '')}".strip()
