@@ -8,6 +8,7 @@ outside this process first checks that the lease is still ours.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -18,12 +19,14 @@ from chatbot.common.v1 import event_pb2, nlu_result_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
 from services.dialogue import metrics
 from services.dialogue.actions import ActionRunner
-from services.dialogue.channels import OutboundChannel, SendError
+from services.dialogue.channels import OutboundChannel, SendError, SendHeld
 from services.dialogue.clients import Chatlog, Nlu, NluUnavailable, Understanding
 from services.dialogue.domain import Domain, ResponseSpec
 from services.dialogue.keys import UserId
@@ -109,6 +112,21 @@ def _payload_intent(payload: str, domain: Domain) -> tuple[str, dict[str, str]] 
     if payload in domain.payloads:
         return domain.payloads[payload], {}
     return None
+
+
+# Deliveries that outlive a cancelled turn, kept until they end.
+_DELIVERIES: set[asyncio.Future[None]] = set()
+
+
+def _forget_delivery(step: asyncio.Future[None]) -> None:
+    _DELIVERIES.discard(step)
+
+
+def _report_detached(step: asyncio.Future[None]) -> None:
+    if not step.cancelled() and step.exception() is not None:
+        _log.warning(
+            "a cancelled turn's last send ended in error", extra={"error": repr(step.exception())}
+        )
 
 
 class Processor:
@@ -307,26 +325,68 @@ class Processor:
         channel = self._channels.get(lease.user.channel)
         if channel is None:
             return  # e.g. the JSON channel: replies travel in the Converse response
+        lease_s = self._store.settings.lease_ms / 1000
+        cancelled = False
+
+        async def deliver(index: int, reply: event_pb2.Reply) -> None:
+            while True:
+                if cancelled:
+                    return  # the turn is over: start nothing new
+                # The renewal extends the lease from a moment after this one: a
+                # send that ends before ``deadline`` ends inside the lease.
+                renewed = time.monotonic()
+                await self._store.ensure(lease)
+                try:
+                    with (
+                        tracing.span("messenger.send", kind="client", attributes={"reply": index}),
+                        metrics.STAGE_SECONDS.labels("send").time(),
+                    ):
+                        await channel.send(
+                            tenant, lease.user.user_id, reply, in_reply_to,
+                            deadline=renewed + lease_s,
+                        )  # fmt: skip
+                    metrics.SEND_RESULTS.labels("ok").inc()
+                except SendHeld:
+                    # The Send API is failing for everyone, or the lease ran short:
+                    # the user's queue waits here, in order, and no attempt is spent.
+                    continue
+                except SendError as exc:
+                    metrics.SEND_RESULTS.labels(str(exc.code or "unreachable")).inc()
+                    if not exc.permanent:
+                        raise
+                    _log.warning(
+                        "reply not deliverable: skipped",
+                        extra={"tenant": tenant.id, "code": exc.code, "reply_id": reply.reply_id},
+                    )
+                break
+            # Sent: unless the mark is written, a retry of the item sends it again.
+            # A Redis blip is waited out while the lease surely holds.
+            pause = 0.05
+            while True:
+                try:
+                    await self._store.mark_sent(lease, head.item.item_id, index + 1)
+                    return
+                except (RedisConnectionError, RedisTimeoutError):
+                    if time.monotonic() + pause > renewed + lease_s:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+
         for index, reply in enumerate(replies):
             if index < head.replies_sent:
                 continue  # sent before a crash: never twice
-            await self._store.ensure(lease)
+            # Shielded: a turn cancelled mid-send (its renewal failed on a Redis
+            # blip) lets the send end and its mark be written inside the lease,
+            # or the reply would go out again.
+            step = asyncio.ensure_future(deliver(index, reply))
+            _DELIVERIES.add(step)
+            step.add_done_callback(_forget_delivery)
             try:
-                with (
-                    tracing.span("messenger.send", kind="client", attributes={"reply": index}),
-                    metrics.STAGE_SECONDS.labels("send").time(),
-                ):
-                    await channel.send(tenant, lease.user.user_id, reply, in_reply_to)
-                metrics.SEND_RESULTS.labels("ok").inc()
-            except SendError as exc:
-                metrics.SEND_RESULTS.labels(str(exc.code or "unreachable")).inc()
-                if not exc.permanent:
-                    raise
-                _log.warning(
-                    "reply not deliverable: skipped",
-                    extra={"tenant": tenant.id, "code": exc.code, "reply_id": reply.reply_id},
-                )
-            await self._store.mark_sent(lease, head.item.item_id, index + 1)
+                await asyncio.shield(step)
+            except asyncio.CancelledError:
+                cancelled = True
+                step.add_done_callback(_report_detached)
+                raise
 
     def _received_ms(self, event: event_pb2.ChatEvent, head: Head) -> int:
         if event.HasField("receive_time"):
