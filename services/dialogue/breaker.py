@@ -82,7 +82,8 @@ class SendBreaker:
             self._reported = state
             metrics.SEND_BREAKER_CHANGES.labels(state.value).inc()
             metrics.SEND_BREAKER_OPEN.set(0 if state is BreakerState.CLOSED else 1)
-            _log.warning("Send API breaker " + state.value)
+            log = _log.info if state is BreakerState.CLOSED else _log.warning
+            log("Send API breaker " + state.value)
         return state
 
     def _hanging(self, now: float) -> bool:
