@@ -98,17 +98,25 @@ def parse_result_from_rasa(data: dict[str, Any]) -> ParseResult:
 class RasaBackend:
     """A Rasa model loaded in this process. Loading takes tens of seconds.
 
-    With ``batched`` (the default), DIET runs once per batch of texts rather
-    than once per text (``services.nlu.batched_diet``); the results are the same.
+    With ``batched`` (the default), the featurizers and DIET run once per batch
+    of texts rather than once per text (``services.nlu.batched_diet``), and the
+    model loads without Rasa's warm-up training step (``services.nlu.runtime``);
+    the results are the same. Without it, the model is Rasa's, as Rasa loads
+    and runs it.
     """
 
     def __init__(self, model_path: Path, *, batched: bool = True) -> None:
+        from services.nlu import batched_diet, runtime
+
+        runtime.prepare()
         from rasa.core.agent import Agent
 
-        from services.nlu import batched_diet
-
         self._path = model_path
-        self._agent = Agent.load(str(model_path))
+        if batched:
+            with runtime.lean_model_load():
+                self._agent = Agent.load(str(model_path))
+        else:
+            self._agent = Agent.load(str(model_path))
         processor = self._agent.processor
         if processor is None:
             raise RuntimeError(f"{model_path} holds no usable model")
@@ -128,6 +136,7 @@ class RasaBackend:
             path=str(model_path),
             pipeline=meta.pipeline if meta else [],
         )
+        runtime.release_free_memory()
 
     @property
     def info(self) -> ModelInfo:

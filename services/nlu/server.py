@@ -17,7 +17,7 @@ from mesh import Env, get_logger
 from mesh.metrics import serve_metrics
 from mesh.server import MeshServer
 from mesh.tenants import Tenants
-from services.nlu import metrics
+from services.nlu import metrics, runtime
 from services.nlu.backend import NluBackend, RasaBackend
 from services.nlu.registry import ModelRegistry
 from services.nlu.servicer import Limits, NluServicer
@@ -41,6 +41,7 @@ class NluSettings:
     model_path: Path
     limits: Limits
     grace: float
+    tf_threads: int
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> NluSettings:
@@ -61,6 +62,7 @@ class NluSettings:
                 max_batch=env.integer("NLU_MAX_BATCH", 256, minimum=1),
             ),
             grace=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
+            tf_threads=env.integer("NLU_TF_THREADS", 1, minimum=0),
         )
 
 
@@ -99,6 +101,7 @@ async def load_models(
 
 
 async def serve(settings: NluSettings, tenants: Tenants) -> None:
+    runtime.prepare(settings.tf_threads)
     registry = ModelRegistry(tenants)
     server = MeshServer("nlu", host=settings.host, port=settings.port, service_names=[SERVICE_NAME])
     nlu_service_pb2_grpc.add_NluServiceServicer_to_server(
