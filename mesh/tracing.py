@@ -93,6 +93,7 @@ def span(
         "server": trace.SpanKind.SERVER,
         "client": trace.SpanKind.CLIENT,
         "consumer": trace.SpanKind.CONSUMER,
+        "producer": trace.SpanKind.PRODUCER,
     }.get(kind, trace.SpanKind.INTERNAL)
     try:
         with trace.get_tracer("chatbot").start_as_current_span(

@@ -1,8 +1,11 @@
 """The dialogue service's view of the NLU and chatlog services.
 
-The chatlog is written through an outbox: when the chatlog cannot take a
-write (down, slow), the write goes to a Redis stream and a replayer delivers
-it later, so a chatlog outage delays no user and loses no message.
+The chatlog is written through an outbox, a Redis stream that a writer in
+every worker process drains in merged batches. On a single Redis a finished
+item's records enter it in the same atomic step that completes the item,
+while the lease is still current; otherwise the records are appended
+directly and go to the outbox only when the chatlog cannot take them (down,
+slow). Either way a chatlog outage delays no user and loses no message.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from redis.exceptions import ResponseError
 
-from mesh import get_logger
+from mesh import get_logger, tracing
+from services.dialogue import metrics
 from services.dialogue.keys import OUTBOX_STREAM
 from services.dialogue.store import Fenced, RedisClient
 
@@ -173,9 +177,19 @@ class ChatlogOutbox:
                     merged.messages.extend(request.messages)
                 end += 1
             chunk = entries[start:end]
+            # A merged write shows in the trace of its first message.
+            first = chunk[0][1].get(b"t", b"").decode()
             try:
                 if merged.messages:
-                    await self._stub.AppendMessages(merged, timeout=self._timeout_s * 5)
+                    with tracing.span(
+                        "chatlog.outbox.write",
+                        parent={"traceparent": first} if first else None,
+                        kind="producer",
+                        attributes={"chatbot.records": len(merged.messages)},
+                    ):
+                        await self._stub.AppendMessages(merged, timeout=self._timeout_s * 5)
+                    metrics.CHATLOG_BATCH.observe(len(merged.messages))
+                    metrics.CHATLOG_WRITTEN.inc(len(merged.messages))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _TRANSIENT:
                     raise
@@ -193,7 +207,18 @@ class ChatlogOutbox:
         if raw is not None:
             request = chatlog_pb.AppendMessagesRequest.FromString(raw)
             try:
-                await self._stub.AppendMessages(request, timeout=self._timeout_s * 5)
+                try:
+                    await self._stub.AppendMessages(request, timeout=self._timeout_s * 5)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    # Entries enter the outbox only under a current lease, so a
+                    # refusal means a later turn's records were delivered first
+                    # (another writer): these are not stale, keep them unfenced.
+                    for message in request.messages:
+                        message.fencing_token = 0
+                    await self._stub.AppendMessages(request, timeout=self._timeout_s * 5)
+                metrics.CHATLOG_WRITTEN.inc(len(request.messages))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _TRANSIENT:
                     raise

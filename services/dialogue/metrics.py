@@ -76,3 +76,12 @@ SEND_BREAKER_CHANGES = Counter(
 SEND_PROBES = Counter(
     "dialogue_send_probes_total", "Recovery probes of the Send API, by outcome.", ["outcome"]
 )
+CHATLOG_WRITTEN = Counter(
+    "dialogue_chatlog_messages_written_total",
+    "Chatlog records the outbox writer delivered (inbound and outbound messages).",
+)
+CHATLOG_BATCH = Histogram(
+    "dialogue_chatlog_batch_messages",
+    "Records per chatlog call of the outbox writer.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

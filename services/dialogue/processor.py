@@ -9,6 +9,7 @@ outside this process first checks that the lease is still ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -181,12 +182,32 @@ class Processor:
             records.append(
                 self._outbound_record(lease, reply, event.event_id, respond_ms, handed_off)
             )
-        if records:
+        # The replies never wait for storage. On a single Redis the records
+        # leave with the completion, into the outbox its writer drains in
+        # batches; under Redis Cluster (the outbox is on another node) they are
+        # written while the replies go out, and the item completes after both.
+        outbox = b""
+        if self._store.single_node:
+            try:
+                await self._send(lease, tenant, head, outcome.replies, event.event_id)
+            except Exception:
+                # The item will be tried again, or dead-lettered: the message
+                # is in the chatlog either way (appends are idempotent).
+                with contextlib.suppress(Exception):
+                    await self._record(records)
+                raise
+            if records:
+                outbox = chatlog_pb.AppendMessagesRequest(messages=records).SerializeToString()
+        else:
             await self._store.ensure(lease)
-            with metrics.STAGE_SECONDS.labels("chatlog").time():
-                await self._chatlog.append(records)
-
-        await self._send(lease, tenant, head, outcome.replies, event.event_id)
+            stored, sent = await asyncio.gather(
+                self._record(records),
+                self._send(lease, tenant, head, outcome.replies, event.event_id),
+                return_exceptions=True,
+            )
+            for failure in (sent, stored):
+                if isinstance(failure, BaseException):
+                    raise failure
 
         understanding = outcome.understanding
         result = pb.ConverseResponse(
@@ -209,7 +230,14 @@ class Processor:
             RESULT_CONVERSE + result.SerializeToString(),
             slots=outcome.slots,
             handoff=handoff,
+            records=outbox,
+            traceparent=tracing.current_traceparent() if outbox else "",
         )
+
+    async def _record(self, records: list[chatlog_pb.ChatMessage]) -> None:
+        if records:
+            with metrics.STAGE_SECONDS.labels("chatlog").time():
+                await self._chatlog.append(records)
 
     async def _decide(
         self, user: UserId, tenant: Tenant, domain: Domain, event: event_pb2.ChatEvent, head: Head
@@ -325,16 +353,14 @@ class Processor:
         channel = self._channels.get(lease.user.channel)
         if channel is None:
             return  # e.g. the JSON channel: replies travel in the Converse response
-        lease_s = self._store.settings.lease_ms / 1000
         cancelled = False
 
         async def deliver(index: int, reply: event_pb2.Reply) -> None:
             while True:
                 if cancelled:
                     return  # the turn is over: start nothing new
-                # The renewal extends the lease from a moment after this one: a
-                # send that ends before ``deadline`` ends inside the lease.
-                renewed = time.monotonic()
+                # A send that ends before the lease's local deadline ends inside
+                # the lease (``ensure`` leaves at least half a lease ahead).
                 await self._store.ensure(lease)
                 try:
                     with (
@@ -343,7 +369,7 @@ class Processor:
                     ):
                         await channel.send(
                             tenant, lease.user.user_id, reply, in_reply_to,
-                            deadline=renewed + lease_s,
+                            deadline=lease.state.valid_until,
                         )  # fmt: skip
                     metrics.SEND_RESULTS.labels("ok").inc()
                 except SendHeld:
@@ -367,7 +393,7 @@ class Processor:
                     await self._store.mark_sent(lease, head.item.item_id, index + 1)
                     return
                 except (RedisConnectionError, RedisTimeoutError):
-                    if time.monotonic() + pause > renewed + lease_s:
+                    if time.monotonic() + pause > lease.state.valid_until:
                         raise
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 1.0)

@@ -141,14 +141,18 @@ return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 """
 
 # KEYS: lease, queue, tries, sent, last, slots, handoff, result, done, sched
-#       [, active index, ready list].
+#       [, active index, ready list, chatlog outbox].
 # ARGV: value, head entry, item id, result, result ttl (s), now (ms),
 #       slots (json object; "" keeps them), slot ttl (s), handoff (json; "" keeps it),
-#       release (1/0)[, member, index deadline (s)].
+#       release (1/0)[, member, index deadline (s), chatlog records ("": none),
+#       traceparent of the turn ("": none)].
 # Removes the head and records its outcome in one step; with release, also
-# gives the lease up (the end of the turn) and, on a single Redis, puts a user
-# with more queued back at the tail of the ready list. Returns the queue's
-# remaining length, -1 when the lease is lost, -2 when the head is not ours.
+# gives the lease up (the end of the turn). On a single Redis it also puts a
+# user with more queued back at the tail of the ready list, and hands the
+# item's chatlog records to the outbox in the same step: written only while
+# the lease is current (fenced), and never lost once the item is done.
+# Returns the queue's remaining length, -1 when the lease is lost, -2 when
+# the head is not ours.
 COMPLETE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return -2 end
@@ -169,6 +173,9 @@ redis.call('SET', KEYS[8], ARGV[4], 'EX', ARGV[5])
 redis.call('DEL', KEYS[9])
 redis.call('RPUSH', KEYS[9], '1')
 redis.call('EXPIRE', KEYS[9], ARGV[5])
+if #KEYS >= 13 and ARGV[13] ~= '' then
+  redis.call('XADD', KEYS[13], '*', 'r', ARGV[13], 't', ARGV[14])
+end
 local n = redis.call('LLEN', KEYS[2])
 if ARGV[10] == '1' then
   redis.call('DEL', KEYS[1])

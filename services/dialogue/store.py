@@ -19,7 +19,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.dialogue import scripts
-from services.dialogue.keys import ACTIVE_INDEX, READY_LIST, TenantKeys, UserId, UserKeys
+from services.dialogue.keys import (
+    ACTIVE_INDEX,
+    OUTBOX_STREAM,
+    READY_LIST,
+    TenantKeys,
+    UserId,
+    UserKeys,
+)
 
 RedisClient = Redis | RedisCluster
 
@@ -90,6 +97,9 @@ class LeaseState:
     # The next ``complete`` also gives the lease up: the turn's last item.
     release_on_complete: bool = False
     released: bool = False
+    # ``time.monotonic()`` until which the lease is surely this worker's: the
+    # moment before Redis last confirmed it, plus its time to live.
+    valid_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +310,7 @@ class DialogueStore:
         if self.single_node:
             keys.append(ACTIVE_INDEX)
             args += [user.member(), time.time() + lease_s + self.settings.stall_grace_s]
+        asked = time.monotonic()
         reply = await self._acquire(keys=keys, args=args)
         code = int(reply[0])
         if code <= -2:
@@ -309,6 +320,7 @@ class DialogueStore:
         if not self.single_node:
             await self._touch(user, lease_s + self.settings.stall_grace_s)
         lease = Lease(user, k, code, f"{self.settings.holder}|{code}")
+        lease.state.valid_until = asked + lease_s
         _, raw, attempts, sent, slots, handoff = reply
         raw_text = _text(raw)
         head = Head(
@@ -322,11 +334,24 @@ class DialogueStore:
         return Acquired(lease, head)
 
     async def renew(self, lease: Lease) -> bool:
+        asked = time.monotonic()
         ok = await self._renew(keys=[lease.keys.lease], args=[lease.value, self.settings.lease_ms])
-        return int(ok) == 1
+        if int(ok) != 1:
+            lease.state.valid_until = 0.0
+            return False
+        # Redis extends the lease when the script runs, after ``asked``.
+        lease.state.valid_until = asked + self.settings.lease_ms / 1000
+        return True
 
     async def ensure(self, lease: Lease) -> None:
-        """Raises ``Fenced`` unless the lease is still this worker's (and extends it)."""
+        """Raises ``Fenced`` unless the lease is still this worker's.
+
+        Within the first half of a lease confirmed by Redis (taken or renewed)
+        nobody else can hold it, so no round trip is needed; later, the lease
+        is renewed first. ``lease.state.valid_until`` is then at least half a
+        lease away."""
+        if lease.state.valid_until - time.monotonic() > self.settings.lease_ms / 2000:
+            return
         if not await self.renew(lease):
             raise Fenced(f"lease {lease.value} lost")
 
@@ -373,11 +398,17 @@ class DialogueStore:
         *,
         slots: Mapping[str, str] | None = None,
         handoff: Mapping[str, str] | None = None,
+        records: bytes = b"",
+        traceparent: str = "",
     ) -> int:
         """Dequeues the head and stores its result; returns what remains queued.
 
         At the turn's last item (``lease.state.release_on_complete``) the same
-        step gives the lease up."""
+        step gives the lease up. ``records`` (a serialized chatlog
+        ``AppendMessagesRequest``) go to the chatlog outbox in the same step;
+        only on a single Redis (``single_node``), where the outbox shares the node."""
+        if records and not self.single_node:
+            raise ValueError("chatlog records complete with the item only on a single Redis")
         k = lease.keys
         release = lease.state.release_on_complete
         keys = [
@@ -397,8 +428,13 @@ class DialogueStore:
             "1" if release else "0",
         ]
         if self.single_node:
-            keys += [ACTIVE_INDEX, READY_LIST]
-            args += [lease.user.member(), time.time() + self.settings.stall_grace_s]
+            keys += [ACTIVE_INDEX, READY_LIST, OUTBOX_STREAM]
+            args += [
+                lease.user.member(),
+                time.time() + self.settings.stall_grace_s,
+                records,
+                traceparent,
+            ]
         remaining = int(await self._complete(keys=keys, args=args))
         if remaining < 0:
             raise Fenced(f"lease {lease.value} lost (complete: {remaining})")
