@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh import get_logger
+
+_log = get_logger("nlu.batched_diet")
+
 # A model run costs about as much CPU as 100 padded tokens: messages share a
 # run while the group's padding stays under that.
 _PADDING_TOKENS = 100
@@ -90,6 +94,7 @@ def _batchable_featurizers(nodes: dict[str, Any], diet_node: Any) -> _Featurizer
     components = [n._component for n in chain]
     featurizer = BatchFeaturizer(components)
     if not matches_rasa(featurizer, tokenizer._component, components, diet_node._component):
+        _log.warning("batched features differ from Rasa's: featurizing message by message")
         return None
     rasa_steps = [(n._fn, n._component) for n in chain]
     for n in chain:

@@ -182,3 +182,29 @@ def test_length_groups_cover_every_message_once_with_bounded_padding(
     for group in groups:
         sizes = [lengths[i] for i in group]
         assert len(group) * max(sizes) - sum(sizes) <= batched_diet._PADDING_TOKENS
+
+
+def test_combined_blocks_keep_rasas_order_per_message() -> None:
+    """Per message, block after block (columns shifted), each block in its own order."""
+    from services.nlu.batched_features import _combine, _Entries
+
+    first = _Entries.of([0, 1, 1], [0, 0, 1], [1, 0, 1])
+    second = _Entries.of([1, 0, 0], [0, 2, 0], [2, 0, 1], [3, 4, 5])
+    combined = _combine([first, second], [2, 3])
+    rows = list(
+        zip(
+            combined.message.tolist(),
+            combined.row.tolist(),
+            combined.col.tolist(),
+            combined.data.tolist(),
+            strict=True,
+        )
+    )
+    assert rows == [
+        (0, 0, 1, 1.0),
+        (0, 2, 2, 4.0),
+        (0, 0, 3, 5.0),
+        (1, 0, 0, 1.0),
+        (1, 1, 1, 1.0),
+        (1, 0, 4, 3.0),
+    ]
