@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import (
@@ -24,6 +23,7 @@ from tenacity import (
 
 from mesh import get_logger
 from services.dialogue.domain import ActionSpec
+from services.dialogue.http import HttpClient, HttpError
 
 _log = get_logger("dialogue.actions")
 
@@ -45,13 +45,13 @@ class _NotFound(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (_Retryable, httpx.TransportError))
+    return isinstance(exc, (_Retryable, HttpError))
 
 
 class ActionRunner:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         attempts: int = 3,
         backoff_s: float = 0.2,
@@ -103,14 +103,16 @@ class ActionRunner:
             reraise=True,
         ):
             with attempt:
-                response = await self._client.get(url, params=params, timeout=spec.timeout_s)
-                if response.status_code == 404:
+                response = await self._client.request(
+                    "GET", url, params=params, timeout=spec.timeout_s
+                )
+                if response.status == 404:
                     raise _NotFound()
                 # Errors name the action, never the URL: it carries the user's words.
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise _Retryable(f"{spec.name} answered {response.status_code}")
-                if response.status_code >= 400:
-                    raise ValueError(f"{spec.name} answered {response.status_code}")
+                if response.status >= 500 or response.status == 429:
+                    raise _Retryable(f"{spec.name} answered {response.status}")
+                if response.status >= 400:
+                    raise ValueError(f"{spec.name} answered {response.status}")
                 data = response.json()
                 if not isinstance(data, dict):
                     raise ValueError(f"{spec.name} answered {type(data).__name__}, not an object")

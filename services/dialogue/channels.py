@@ -20,13 +20,13 @@ import json
 import time
 from typing import Protocol
 
-import httpx
 from chatbot.common.v1 import event_pb2
 
 from mesh import get_logger
 from mesh.tenants import Tenant
 from services.dialogue import metrics
 from services.dialogue.breaker import BreakerState, SendBreaker
+from services.dialogue.http import HttpClient, HttpError, MaybeSent, NotSent
 
 _log = get_logger("dialogue.channels")
 
@@ -100,37 +100,12 @@ def _auth(tenant: Tenant) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant.page_access_token}"}
 
 
-# Failures before the request was written: it cannot have arrived, so a retry is safe.
-_NOT_WRITTEN = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-)
 # Kept back from the deadline for the steps after a send (marking it sent).
 _MARGIN_S = 0.25
 # An attempt with less time than this is not worth starting.
 _MIN_ATTEMPT_S = 0.5
 # Messages remembered as possibly delivered, oldest forgotten first.
 _UNCERTAIN_KEPT = 10_000
-
-
-class _Written:
-    """Follows httpcore's trace of one request: was all of it handed to the network?"""
-
-    def __init__(self) -> None:
-        self.traced = False
-        self.written = False
-
-    async def __call__(self, name: str, info: dict[str, object]) -> None:
-        self.traced = True
-        if name.endswith("send_request_body.complete"):
-            self.written = True
-
-    def may_have_arrived(self, exc: BaseException) -> bool:
-        if self.traced:
-            return self.written
-        return not isinstance(exc, _NOT_WRITTEN)
 
 
 class MessengerChannel:
@@ -148,7 +123,7 @@ class MessengerChannel:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         graph_api_url: str = DEFAULT_GRAPH_API_URL,
         *,
         attempts: int = 5,
@@ -224,33 +199,31 @@ class MessengerChannel:
         body = {"recipient": {"id": user_id}, "sender_action": "typing_on"}
         call = self.breaker.started()
         try:
-            response = await self._client.post(
-                self._url, headers=_auth(tenant), json=body, timeout=self._timeout_s
+            response = await self._client.request(
+                "POST", self._url, headers=_auth(tenant), json_body=body, timeout=self._timeout_s
             )
-        except httpx.HTTPError:
+        except HttpError:
             # A typing indicator is never worth failing a message for.
             self.breaker.failed(call, lost=False)
             return
         except BaseException:
             self.breaker.abandoned(call)
             raise
-        self.breaker.answered(call, healthy=response.status_code < 500)
+        self.breaker.answered(call, healthy=response.status < 500)
 
     async def _probe(self, tenant: Tenant, timeout_s: float) -> bool:
         """Whether the Graph API answers, asking for the page's id: sends nothing to anyone."""
         try:
-            response = await asyncio.wait_for(
-                self._client.get(
-                    self._probe_url,
-                    params={"fields": "id"},
-                    headers=_auth(tenant),
-                    timeout=timeout_s,
-                ),
-                timeout_s,
+            response = await self._client.request(
+                "GET",
+                self._probe_url,
+                params={"fields": "id"},
+                headers=_auth(tenant),
+                timeout=timeout_s,
             )
-        except (httpx.HTTPError, TimeoutError):
+        except HttpError:
             return False
-        return response.status_code < 500
+        return response.status < 500
 
     def _attempt_timeout(self, deadline: float | None) -> float:
         """The time an attempt may take now; 0 when none may start."""
@@ -310,41 +283,29 @@ class MessengerChannel:
     async def _post_once(
         self, tenant: Tenant, body: dict[str, object], timeout: float, in_reply_to: str
     ) -> str:
-        trace = _Written()
         call = self.breaker.started()
         try:
-            # The total bounded too: httpx's timeouts are per read, and a trickle never trips them.
-            response = await asyncio.wait_for(
-                self._client.post(
-                    self._url,
-                    headers=_auth(tenant),
-                    json=body,
-                    timeout=timeout,
-                    extensions={"trace": trace},
-                ),
-                timeout,
+            # The timeout bounds the whole exchange, so a trickle trips it too.
+            response = await self._client.request(
+                "POST", self._url, headers=_auth(tenant), json_body=body, timeout=timeout
             )
-        except (httpx.TransportError, TimeoutError) as exc:
-            if trace.may_have_arrived(exc):
-                self.breaker.failed(call, lost=True)
-                metrics.SEND_ATTEMPTS.labels("lost").inc()
-                _log.warning(
-                    "Send API answer lost: the message may have arrived",
-                    extra={"tenant": tenant.id, "in_reply_to": in_reply_to, "error": repr(exc)},
-                )
-                raise _Lost() from exc
+        except MaybeSent as exc:
+            self.breaker.failed(call, lost=True)
+            metrics.SEND_ATTEMPTS.labels("lost").inc()
+            _log.warning(
+                "Send API answer lost: the message may have arrived",
+                extra={"tenant": tenant.id, "in_reply_to": in_reply_to, "error": str(exc)},
+            )
+            raise _Lost() from exc
+        except NotSent as exc:
             self.breaker.failed(call, lost=False)
             metrics.SEND_ATTEMPTS.labels("unreachable").inc()
-            raise SendError(f"Send API unreachable: {exc!r}", permanent=False) from exc
-        except httpx.HTTPError as exc:
-            self.breaker.failed(call, lost=False)
-            metrics.SEND_ATTEMPTS.labels("unreachable").inc()
-            raise SendError(f"Send API request failed: {exc!r}", permanent=True) from exc
+            raise SendError(f"Send API unreachable: {exc}", permanent=False) from exc
         except BaseException:
             self.breaker.abandoned(call)
             raise
-        self.breaker.answered(call, healthy=response.status_code < 500)
-        if response.status_code == 200:
+        self.breaker.answered(call, healthy=response.status < 500)
+        if response.status == 200:
             metrics.SEND_ATTEMPTS.labels("ok").inc()
             try:
                 return str(response.json().get("message_id", ""))
@@ -359,16 +320,16 @@ class MessengerChannel:
             message = str(error.get("message") or message)
         except (ValueError, AttributeError):
             pass
-        temporary = response.status_code >= 500 or code in _RETRY_CODES
+        temporary = response.status >= 500 or code in _RETRY_CODES
         if subcode == 2018278:  # outside the 24-hour window
             temporary = False
         _log.warning(
             "Send API refused a message",
-            extra={"status": response.status_code, "code": code, "subcode": subcode,
+            extra={"status": response.status, "code": code, "subcode": subcode,
                    "tenant": tenant.id, "temporary": temporary},
         )  # fmt: skip
         raise SendError(
-            f"Send API {response.status_code} code {code}: {message}",
+            f"Send API {response.status} code {code}: {message}",
             permanent=not temporary,
             code=code,
         )

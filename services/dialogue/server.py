@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2, dialogue_service_pb2_grpc
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -23,6 +22,7 @@ from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import MessengerChannel, OutboundChannel
 from services.dialogue.clients import ChatlogOutbox, GrpcNlu
 from services.dialogue.domain import DEFAULT_DOMAIN, Domain, load_domain
+from services.dialogue.http import HttpClient
 from services.dialogue.processor import Processor
 from services.dialogue.servicer import DialogueServicer
 from services.dialogue.settings import DialogueSettings
@@ -114,7 +114,7 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
     closers: list[Callable[[], Awaitable[None]]] = []
     if settings.runs_workers:
         nlu_channel = open_channel(settings.nlu_address)
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        http = HttpClient(max_connections=200)
         closers += [nlu_channel.close, http.aclose]
         channels: dict[int, OutboundChannel] = {
             event_pb2.CHANNEL_MESSENGER: MessengerChannel(http, settings.graph_api_url)

@@ -28,18 +28,18 @@ CITY = "Privateville-4711"
 _CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    import httpx
     from chatbot.common.v1 import event_pb2
     from mesh import configure_logging
     from mesh.tenants import Tenant
     from services.dialogue.actions import ActionRunner
     from services.dialogue.channels import MessengerChannel, SendError
     from services.dialogue.domain import ActionSpec
+    from services.dialogue.http import HttpClient
 
     async def main(url: str, down_url: str, token: str, city: str) -> None:
         configure_logging("dialogue", "DEBUG")
         tenant = Tenant(id="t", page_access_token=token)
-        async with httpx.AsyncClient() as client:
+        async with HttpClient() as client:
             channel = MessengerChannel(client, url, attempts=2, backoff_s=0.01)
             await channel.typing(tenant, "psid-1")
             await channel.send(tenant, "psid-1", event_pb2.Reply(text="hello"), "m_in_1")

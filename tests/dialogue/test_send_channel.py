@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import httpx
 import pytest
 from chatbot.common.v1 import event_pb2
 from prometheus_client import REGISTRY
@@ -21,6 +20,7 @@ from prometheus_client import REGISTRY
 from mesh.tenants import Tenant
 from services.dialogue.breaker import BreakerState, SendBreaker
 from services.dialogue.channels import MessengerChannel, SendError, SendHeld
+from services.dialogue.http import HttpClient
 from tests.dialogue.standins import GraphApi
 from tests.support import free_port
 
@@ -56,8 +56,8 @@ def api() -> Iterator[GraphApi]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
+async def client() -> AsyncIterator[HttpClient]:
+    async with HttpClient() as http:
         yield http
 
 
@@ -66,7 +66,7 @@ def copies(api: GraphApi) -> Counter[str]:
         return Counter(m.in_reply_to for m in api.sent)
 
 
-async def test_keep_alive_reuses_one_connection(api: GraphApi, client: httpx.AsyncClient) -> None:
+async def test_keep_alive_reuses_one_connection(api: GraphApi, client: HttpClient) -> None:
     channel = MessengerChannel(client, api.url)
     for number in range(5):
         await channel.send(TENANT, "u1", reply(), f"m_{number}")
@@ -75,7 +75,7 @@ async def test_keep_alive_reuses_one_connection(api: GraphApi, client: httpx.Asy
 
 
 async def test_connection_close_mode_answers_every_message(
-    api: GraphApi, client: httpx.AsyncClient
+    api: GraphApi, client: HttpClient
 ) -> None:
     api.close_connections = True
     lost = counted("lost")
@@ -87,7 +87,7 @@ async def test_connection_close_mode_answers_every_message(
     assert counted("lost") == lost
 
 
-async def test_refused_connection_is_unreachable_and_retried(client: httpx.AsyncClient) -> None:
+async def test_refused_connection_is_unreachable_and_retried(client: HttpClient) -> None:
     port = free_port()  # nothing listens there
     unreachable, lost = counted("unreachable"), counted("lost")
     channel = MessengerChannel(
@@ -106,7 +106,7 @@ async def test_refused_connection_is_unreachable_and_retried(client: httpx.Async
 
 
 async def test_breaker_holds_sends_while_the_api_is_unreachable_then_lets_them_go(
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     port = free_port()
     breaker = SendBreaker(failures_to_open=2, cooldown_s=0.05, max_cooldown_s=0.2)
@@ -130,7 +130,7 @@ async def test_breaker_holds_sends_while_the_api_is_unreachable_then_lets_them_g
 
 
 async def test_lost_answer_is_resent_once_and_only_after_the_api_answers_again(
-    api: GraphApi, client: httpx.AsyncClient
+    api: GraphApi, client: HttpClient
 ) -> None:
     api.lose_answers = 1
     api.probe_status = 503  # the API does not answer properly yet
@@ -149,7 +149,7 @@ async def test_lost_answer_is_resent_once_and_only_after_the_api_answers_again(
 
 
 async def test_a_held_send_called_again_still_knows_its_answer_was_lost(
-    api: GraphApi, client: httpx.AsyncClient
+    api: GraphApi, client: HttpClient
 ) -> None:
     api.lose_answers = 1
     api.probe_status = 503
@@ -165,7 +165,7 @@ async def test_a_held_send_called_again_still_knows_its_answer_was_lost(
     assert resent() == before + 1
 
 
-async def test_read_timeout_is_a_lost_answer(api: GraphApi, client: httpx.AsyncClient) -> None:
+async def test_read_timeout_is_a_lost_answer(api: GraphApi, client: HttpClient) -> None:
     api.answer_delay_s = 1.0
     lost, unreachable = counted("lost"), counted("unreachable")
     breaker = SendBreaker(cooldown_s=0.02, max_cooldown_s=0.1)
@@ -178,7 +178,7 @@ async def test_read_timeout_is_a_lost_answer(api: GraphApi, client: httpx.AsyncC
     assert counted("unreachable") == unreachable
 
 
-async def test_no_send_starts_into_a_hanging_api(api: GraphApi, client: httpx.AsyncClient) -> None:
+async def test_no_send_starts_into_a_hanging_api(api: GraphApi, client: HttpClient) -> None:
     api.answer_delay_s = 3.0  # accepts, and answers late
     breaker = SendBreaker(hang_s=0.2, cooldown_s=0.05, max_cooldown_s=0.5)
     channel = MessengerChannel(client, api.url, timeout_s=10.0, backoff_s=0.01, breaker=breaker)
@@ -202,7 +202,7 @@ async def test_no_send_starts_into_a_hanging_api(api: GraphApi, client: httpx.As
 
 
 async def test_an_outage_costs_at_most_one_repeat_per_message_in_flight(
-    api: GraphApi, client: httpx.AsyncClient
+    api: GraphApi, client: HttpClient
 ) -> None:
     api.answer_delay_s = 2.0  # every answer later than the time-out, probes too
     breaker = SendBreaker(hang_s=0.2, cooldown_s=0.05, max_cooldown_s=0.3)
@@ -219,9 +219,7 @@ async def test_an_outage_costs_at_most_one_repeat_per_message_in_flight(
     assert copies(api) == {f"m_{n}": 2 for n in range(5)}
 
 
-async def test_no_attempt_starts_without_time_for_it(
-    api: GraphApi, client: httpx.AsyncClient
-) -> None:
+async def test_no_attempt_starts_without_time_for_it(api: GraphApi, client: HttpClient) -> None:
     channel = MessengerChannel(client, api.url)
     with pytest.raises(SendHeld):
         await channel.send(TENANT, "u1", reply(), "m_1", deadline=time.monotonic() + 0.5)
@@ -232,7 +230,7 @@ async def test_no_attempt_starts_without_time_for_it(
 
 
 async def test_server_errors_for_everyone_hold_sends_instead_of_failing_them(
-    api: GraphApi, client: httpx.AsyncClient
+    api: GraphApi, client: HttpClient
 ) -> None:
     api.rule = lambda body: (500, {"error": {"message": "down", "code": 2}})
     api.probe_status = 500
