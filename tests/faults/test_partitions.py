@@ -430,7 +430,12 @@ def test_network_faults_on_every_link(stack: Stack, capsys: pytest.CaptureFixtur
     assert total.lost == 0, total.problems()
     assert total.unexpected == 0, total.problems()
     # In each user's order; never a reply to an older message after a newer one.
-    assert total.reordered == 0, total.problems()
+    disorder = {
+        user: graph.replies_by_user()[user]
+        for user, one in sorted(total.users.items())
+        if one.reordered
+    }
+    assert total.reordered == 0, (total.problems(), disorder)
     # A repeat only where the answer was lost, and never twice.
     repeated = {mid for (mid, _), n in copies.items() if n > 1}
     assert all(n <= 2 for n in copies.values()), [k for k, n in copies.items() if n > 2]
