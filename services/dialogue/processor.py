@@ -115,7 +115,7 @@ def _payload_intent(payload: str, domain: Domain) -> tuple[str, dict[str, str]] 
     return None
 
 
-# Deliveries that outlive a cancelled turn, kept until they end.
+# Marks of sent replies that outlive a cancelled turn, kept until they end.
 _DELIVERIES: set[asyncio.Future[None]] = set()
 
 
@@ -126,7 +126,7 @@ def _forget_delivery(step: asyncio.Future[None]) -> None:
 def _report_detached(step: asyncio.Future[None]) -> None:
     if not step.cancelled() and step.exception() is not None:
         _log.warning(
-            "a cancelled turn's last send ended in error", extra={"error": repr(step.exception())}
+            "a cancelled turn's last mark ended in error", extra={"error": repr(step.exception())}
         )
 
 
@@ -353,9 +353,11 @@ class Processor:
         channel = self._channels.get(lease.user.channel)
         if channel is None:
             return  # e.g. the JSON channel: replies travel in the Converse response
-        cancelled = False
+        cancelled = marking = False
 
         async def deliver(index: int, reply: event_pb2.Reply) -> None:
+            nonlocal marking
+            marking = False
             while True:
                 if cancelled:
                     return  # the turn is over: start nothing new
@@ -387,6 +389,7 @@ class Processor:
                 break
             # Sent: unless the mark is written, a retry of the item sends it again.
             # A Redis blip is waited out while the lease surely holds.
+            marking = True
             pause = 0.05
             while True:
                 try:
@@ -401,9 +404,9 @@ class Processor:
         for index, reply in enumerate(replies):
             if index < head.replies_sent:
                 continue  # sent before a crash: never twice
-            # Shielded: a turn cancelled mid-send (its renewal failed on a Redis
-            # blip) lets the send end and its mark be written inside the lease,
-            # or the reply would go out again.
+            # A turn cancelled once the reply is sent (its renewal failed on a
+            # Redis blip) lets the mark be written inside the lease, fenced, or
+            # the reply would go out again. Before that, nothing outlives the turn.
             step = asyncio.ensure_future(deliver(index, reply))
             _DELIVERIES.add(step)
             step.add_done_callback(_forget_delivery)
@@ -411,6 +414,8 @@ class Processor:
                 await asyncio.shield(step)
             except asyncio.CancelledError:
                 cancelled = True
+                if not marking:
+                    step.cancel()
                 step.add_done_callback(_report_detached)
                 raise
 
