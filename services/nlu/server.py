@@ -81,6 +81,8 @@ async def load_models(
         )
         return
     _log.info("loading the default model", extra={"model_path": str(settings.model_path)})
+    # Imports TensorFlow: off the event loop, like the load, so health answers meanwhile.
+    await asyncio.to_thread(runtime.prepare, settings.tf_threads)
     default = await _load(settings.model_path)
     registry.set_default(default)
     metrics.MODEL.labels("", default.info.version).set(1)
@@ -101,7 +103,6 @@ async def load_models(
 
 
 async def serve(settings: NluSettings, tenants: Tenants) -> None:
-    runtime.prepare(settings.tf_threads)
     registry = ModelRegistry(tenants)
     server = MeshServer("nlu", host=settings.host, port=settings.port, service_names=[SERVICE_NAME])
     nlu_service_pb2_grpc.add_NluServiceServicer_to_server(
