@@ -21,12 +21,12 @@ from __future__ import annotations
 # an entry without a time, and looking back at most 32 entries.
 # A repeated delivery (the channel is retrying) or an overtaken one marks the
 # user unsettled for a while: the evidence ACQUIRE needs to hold a fresh head.
+# The event is marked seen last: Redis does not undo a script that fails part
+# way, and an event marked seen but not queued would be lost on the retry.
 SUBMIT = """
-if ARGV[3] == '1' then
-  if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-    redis.call('SET', KEYS[6], '1', 'EX', ARGV[5])
-    return 0
-  end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[6], '1', 'EX', ARGV[5])
+  return 0
 end
 if #KEYS >= 8 then redis.call('ZADD', KEYS[7], 'GT', ARGV[7], ARGV[6]) end
 local order = tonumber(ARGV[4])
@@ -58,10 +58,10 @@ if pivot then
 else
   redis.call('RPUSH', KEYS[2], ARGV[1])
 end
-if redis.call('SET', KEYS[3], '1', 'NX') then
-  if #KEYS >= 8 then redis.call('RPUSH', KEYS[8], ARGV[6]) end
-  return 2
-end
+local scheduled = redis.call('SET', KEYS[3], '1', 'NX')
+if scheduled and #KEYS >= 8 then redis.call('RPUSH', KEYS[8], ARGV[6]) end
+if ARGV[3] == '1' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[2]) end
+if scheduled then return 2 end
 return 1
 """
 
@@ -69,8 +69,9 @@ return 1
 #       [, active index].
 # ARGV: holder, ttl (ms), now (ms, also the seed), reorder window (ms)
 #       [, member, index deadline (s)].
-# Returns {token, head, tries, sent, slots, handoff}: the lease is taken and
-# the head loaded in one step; or {-1} when another worker holds the lease,
+# Returns {token, head, tries, sent, slots, handoff}: the lease is taken, the
+# head loaded and its attempt counted (``tries``: the count before it) in one
+# step; or {-1} when another worker holds the lease,
 # {0} when there is nothing to do (and clears a stale schedule mark), or
 # {-2 - N}: come back in N ms. That hold is paid only on evidence that an
 # earlier event may still be on its way (the user is unsettled), and only
@@ -101,6 +102,7 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%d', token), 'PX', ARGV[2])
+redis.call('HINCRBY', KEYS[5], head['i'], 1)
 if #KEYS >= 10 then redis.call('ZADD', KEYS[10], 'GT', ARGV[6], ARGV[5]) end
 local sent = tonumber(redis.call('HGET', KEYS[7], head['i']) or '0')
 return {string.format('%d', token), raw, tries, sent,
@@ -116,13 +118,16 @@ return 1
 
 # KEYS: lease, queue, tries, sent, slots, handoff.
 # ARGV: value. Returns {head or false, tries, sent, slots..., handoff...} or
-# -1 when the lease is lost.
+# -1 when the lease is lost. Like ACQUIRE, it counts the attempt it starts
+# (``tries`` is the count before it): a message that crashes or hangs its
+# worker is counted too, and dead-lettered at the maximum instead of being
+# retried at every lease expiry.
 LOAD_HEAD = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local head = redis.call('LINDEX', KEYS[2], 0)
 if not head then return {false, 0, 0, {}, {}} end
 local id = cjson.decode(head)['i']
-local tries = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+local tries = redis.call('HINCRBY', KEYS[3], id, 1) - 1
 local sent = tonumber(redis.call('HGET', KEYS[4], id) or '0')
 return {head, tries, sent, redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}
 """
@@ -132,12 +137,6 @@ MARK_SENT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return 1
-"""
-
-# KEYS: lease, tries. ARGV: value, item id. Returns the attempt count, or -1.
-FAIL = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 """
 
 # KEYS: lease, queue, tries, sent, last, slots, handoff, result, done, sched

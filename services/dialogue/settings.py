@@ -59,7 +59,9 @@ class DialogueSettings:
         env = env or Env()
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         secret = env.secret("DIALOGUE_PAGE_TOKEN_SECRET")
-        if not secret:
+        role = _role(env.string("DIALOGUE_ROLE", "all"))
+        # Page tokens are the API's (ListDeadLetters): a worker never signs one.
+        if not secret and role != "worker":
             _log.warning(
                 "DIALOGUE_PAGE_TOKEN_SECRET is not set: page tokens work only on this replica"
             )
@@ -92,7 +94,7 @@ class DialogueSettings:
             ),
             page_token_secret=(secret or secrets.token_hex(32)).encode(),
             grace_s=env.number("SHUTDOWN_GRACE_SECONDS", 10.0),
-            role=_role(env.string("DIALOGUE_ROLE", "all")),
+            role=role,
         )
 
     @property

@@ -115,6 +115,7 @@ class Lease:
 class Head:
     raw: str
     item: QueueItem
+    # Attempts started before this one (this one is counted already).
     attempts: int
     replies_sent: int
     slots: dict[str, str]
@@ -229,7 +230,6 @@ class DialogueStore:
         self._renew = redis.register_script(scripts.RENEW)
         self._load_head = redis.register_script(scripts.LOAD_HEAD)
         self._mark_sent = redis.register_script(scripts.MARK_SENT)
-        self._fail = redis.register_script(scripts.FAIL)
         self._complete = redis.register_script(scripts.COMPLETE)
         self._dead = redis.register_script(scripts.DEAD)
         self._release = redis.register_script(scripts.RELEASE)
@@ -381,14 +381,6 @@ class DialogueStore:
         )
         if int(ok) != 1:
             raise Fenced(f"lease {lease.value} lost")
-
-    async def record_failure(self, lease: Lease, item_id: str) -> int:
-        attempts = int(
-            await self._fail(keys=[lease.keys.lease, lease.keys.tries], args=[lease.value, item_id])
-        )
-        if attempts < 0:
-            raise Fenced(f"lease {lease.value} lost")
-        return attempts
 
     async def complete(
         self,

@@ -201,7 +201,8 @@ class Workers:
                 raise
             except Exception as exc:
                 metrics.ATTEMPTS_FAILED.inc()
-                attempts = await self._store.record_failure(lease, current.item.item_id)
+                # Counted when it started (ACQUIRE or LOAD_HEAD), crash or not.
+                attempts = current.attempts + 1
                 _log.warning(
                     "processing failed",
                     extra={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
@@ -277,6 +278,38 @@ def test_poison_message_goes_to_the_dead_letters_and_the_queue_moves_on(
             pb.ReplayDeadLetterRequest(tenant_id=TENANT, dead_letter_id=dead[0].dead_letter_id)
         )
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_message_that_kills_its_worker_is_dead_lettered(
+    replicas: Replicas, graph_api: GraphApi, keyword_nlu: KeywordNlu
+) -> None:
+    """Attempts are counted when they start: a message whose processing takes
+    the worker down every time ends in the dead letters, not in a loop."""
+    keyword_nlu.delay_s = 5.0  # every attempt is caught inside the message
+    replicas.start(1, DIALOGUE_MAX_ATTEMPTS="3", DIALOGUE_LEASE_MS="1500")
+    stub = replicas.stub()
+    submit(
+        stub,
+        message_event("u_killer", "m_killer", "this one kills"),
+        message_event("u_killer", "m_next", "hello"),
+    )
+    kills = 0
+    deadline = time.monotonic() + 90
+    while not any(m.in_reply_to == "m_next" for m in graph_api.sent):
+        assert time.monotonic() < deadline, f"still looping after {kills} kills"
+        with keyword_nlu.lock:
+            started = keyword_nlu.calls.count("this one kills")
+        if started > kills:
+            # The worker is inside the message: it dies there, as on a crash.
+            replicas.kill(replicas.processes[0])
+            kills += 1
+            replicas.start(1, DIALOGUE_MAX_ATTEMPTS="3", DIALOGUE_LEASE_MS="1500")
+        time.sleep(0.02)
+    assert kills == 3
+    stub = replicas.stub()
+    dead = stub.ListDeadLetters(pb.ListDeadLettersRequest(tenant_id=TENANT)).dead_letters
+    assert [(d.event.event_id, d.attempt_count) for d in dead] == [("m_killer", 3)]
+    assert not any(m.in_reply_to == "m_killer" for m in graph_api.sent)
 
 
 def test_chatlog_outage_is_buffered_and_replayed(

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
@@ -241,3 +242,15 @@ def test_an_idle_user_is_answered_without_a_hold(replicas: Replicas, graph_api: 
     submit(stub, message_event("idle", "idle_1", "hello"))
     # With a ten-minute hold this could only pass by not holding.
     wait_for(lambda: len(graph_api.sent) == 1, timeout=60)
+
+
+async def test_a_submission_that_fails_part_way_is_not_marked_seen(store: DialogueStore) -> None:
+    """Redis does not undo a script that fails part way: the event is marked
+    seen last, so the channel's retry is queued, not dropped as a duplicate."""
+    user = _user()
+    await store.redis.set(UserKeys(user).queue, "not a list")
+    with pytest.raises(redis.exceptions.ResponseError):
+        await store.submit(user, _item("m1", T + 100))
+    await store.redis.delete(UserKeys(user).queue)
+    assert await store.submit(user, _item("m1", T + 100)) == SubmitStatus.ACCEPTED
+    assert await _queued(store, user) == ["m1"]
