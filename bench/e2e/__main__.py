@@ -22,7 +22,9 @@ ordering  N users x M messages with a think time between messages. The
           replies missing, duplicated and answered late, and, from each
           server's own record (this stack: the chatlog; Rasa: its tracker),
           the order it received the messages in, so that a late reply is put
-          down to the way in or to the server.
+          down to the way in or to the server. Rasa's tracker holds the order
+          it took messages up under its lock, which is also the order of its
+          replies: for Rasa, "late on the way in" means "taken up late".
 
 capacity  Open-loop steps of offered load (``--rates``, ``--step-seconds``
           each): answered msg/s, reply and ack p50/p99, CPU per answered
