@@ -125,14 +125,23 @@ class Workers:
         lost = False
         try:
             interval = self._store.settings.lease_ms / 3000
+            wait = interval
             while not work.done():
-                await asyncio.wait({work}, timeout=interval)
+                await asyncio.wait({work}, timeout=wait)
                 if work.done() or lease.state.released:
                     break
+                wait = interval
                 try:
                     still_ours = await self._store.renew(lease)
                 except RedisError:
+                    # Unreachable is not lost: while the lease surely holds, try
+                    # again soon rather than cut a send off mid-flight.
+                    if time.monotonic() < lease.state.valid_until - 0.5:
+                        wait = min(0.25, interval)
+                        continue
                     still_ours = False
+                if lease.state.released:
+                    break  # the turn gave the lease up as it completed meanwhile
                 if not still_ours:
                     lost = True
                     metrics.FENCED.inc()
