@@ -5,12 +5,14 @@ and benchmark, run as its own process::
 
 With Redis it behaves like the real service where the gateway can see it:
 it validates events as the contract says (INVALID_ARGUMENT naming the index
-and field), deduplicates by (tenant, channel, event_id) with ``SET NX``, and
-records every call (request id, events) in a Redis list the tests read. A
-Redis key switches its mode: ``ok``, ``unavailable`` (every call fails with
-UNAVAILABLE) or ``stall:<seconds>`` (every call waits first). Converse answers
-a canned reply. Without Redis it keeps its dedupe set in memory and records
-nothing: the benchmark's dialogue that answers at once.
+and field, nothing queued), deduplicates by (tenant, channel, event_id) with
+``SET NX``, and records every accepted call (request id, events) in a Redis
+list the tests read. A Redis key switches its mode: ``ok``, ``unavailable``
+(every call fails with UNAVAILABLE), ``stall:<seconds>`` (every call waits
+first) or ``refuse:<event_id>,<event_id>...`` (those events are invalid, as
+an event a newer contract forbids would be). Converse answers a canned reply.
+Without Redis it keeps its dedupe set in memory and records nothing: the
+benchmark's dialogue that answers at once.
 
 It prints ``listening on <port>`` once it serves, and stops on SIGTERM.
 """
@@ -36,21 +38,30 @@ from mesh.server import MeshServer
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DialogueService"].full_name
 MAX_BATCH = 1000
 MAX_TEXT = 2000
+MAX_ID = 480
 CANNED_REPLY = "Hello from the test dialogue"
 
 
 def event_problem(event: ev.ChatEvent) -> str | None:
-    """The first required field the event lacks, as the contract lists them."""
+    """The first field the contract finds wrong in the event, and how."""
     if not event.event_id:
-        return "event_id"
+        return "event_id missing"
     if not event.user.tenant_id:
-        return "user.tenant_id"
+        return "user.tenant_id missing"
     if event.user.channel == ev.CHANNEL_UNSPECIFIED:
-        return "user.channel"
+        return "user.channel missing"
     if not event.user.user_id:
-        return "user.user_id"
+        return "user.user_id missing"
+    for name, value in (
+        ("event_id", event.event_id),
+        ("user.user_id", event.user.user_id),
+        ("message.reply_to_mid", event.message.reply_to_mid),
+        ("reaction.mid", event.reaction.mid),
+    ):
+        if len(value) > MAX_ID:
+            return f"{name} is over {MAX_ID} characters"
     if event.WhichOneof("kind") is None:
-        return "kind"
+        return "kind missing"
     return None
 
 
@@ -128,11 +139,15 @@ class FakeDialogue(dialogue_service_pb2_grpc.DialogueServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"a batch holds 1 to {MAX_BATCH} events, not {len(events)}",
             )
+        mode = await self._store.mode()
+        refused = set(mode.partition(":")[2].split(",")) if mode.startswith("refuse:") else set()
         for index, event in enumerate(events):
             problem = event_problem(event)
+            if problem is None and event.event_id in refused:
+                problem = "event_id is refused by this test server"
             if problem:
                 await _abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, f"events[{index}]: {problem} missing"
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"events[{index}].{problem}"
                 )
         fresh = await self._store.first_time([_dedupe_key(e) for e in events])
         await self._store.record("SubmitEvents", _request_id(context), events)
@@ -155,7 +170,7 @@ class FakeDialogue(dialogue_service_pb2_grpc.DialogueServiceServicer):
         event = request.event
         problem = event_problem(event)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"event.{problem} missing")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"event.{problem}")
         if len(event.message.text) > MAX_TEXT:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "text over the limit")
         (fresh,) = await self._store.first_time([_dedupe_key(event)])

@@ -125,7 +125,13 @@ def test_the_same_read_twice_in_one_batch_is_one_event(
     gateway: Gateway, dialogue: DialogueServer
 ) -> None:
     response = gateway.post_webhook(payload("delivery_read.json"))
-    assert response.json() == {"events": 3, "accepted": 2, "duplicates": 1, "skipped": 0}
+    assert response.json() == {
+        "events": 3,
+        "accepted": 2,
+        "duplicates": 1,
+        "refused": 0,
+        "skipped": 0,
+    }
 
 
 def test_unknown_and_unusable_items_are_reported(

@@ -14,6 +14,11 @@ Reactions take that form too although they carry a ``mid``: it is the mid of
 the message reacted to, so using it would collide with that message's own
 event (the echo of the bot's reply) and make an "unreact" a duplicate of its
 "react".
+
+Every mid (a message's, a postback's, the one a reply or a reaction points
+at) longer than Messenger's own is replaced by ``sha256:<hex>`` of itself:
+the dialogue service refuses ids past its bound, and a forged or broken mid
+must not make Messenger's whole batch bounce. Hashing keeps equal mids equal.
 """
 
 from __future__ import annotations
@@ -201,7 +206,7 @@ def _message(body: Mapping[str, Any]) -> ev.Message:
         mid=_bounded_id(_ident(body.get("mid"))),
         text=_text(body.get("text")),
         quick_reply_payload=_text(_dict(body.get("quick_reply")).get("payload")),
-        reply_to_mid=_ident(_dict(body.get("reply_to")).get("mid")),
+        reply_to_mid=_bounded_id(_ident(_dict(body.get("reply_to")).get("mid"))),
         is_echo=body.get("is_echo") is True,
         metadata=_text(body.get("metadata")),
         app_id=_ident(body.get("app_id")),
@@ -242,7 +247,7 @@ def _fill_kind(event: ev.ChatEvent, kind: str, body: Mapping[str, Any]) -> None:
     elif kind == "reaction":
         event.reaction.CopyFrom(
             ev.Reaction(
-                mid=_ident(body.get("mid")),
+                mid=_bounded_id(_ident(body.get("mid"))),
                 reaction=_text(body.get("reaction")),
                 emoji=_text(body.get("emoji")),
                 action=_REACTION_ACTIONS.get(

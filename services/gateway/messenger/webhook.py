@@ -1,9 +1,12 @@
 """``/webhooks/messenger``: the verification handshake (GET) and the events (POST).
 
 A POST is answered 200 only once the dialogue service has taken every event
-(ACCEPTED or DUPLICATE); when it cannot, 503 (or 502 when it refuses), so
-Messenger retries and the retry is deduplicated. Nothing else happens inside
-the request: no NLU, no chatlog.
+(ACCEPTED or DUPLICATE) or refused it as invalid; when it cannot take them,
+503 (or 502 when it fails otherwise), so Messenger retries and the retry is
+deduplicated. An invalid event is dropped, logged and counted: Messenger
+would resend it for an hour, holding back the page's other users, and it
+would never become valid. Nothing else happens inside the request: no NLU,
+no chatlog.
 
 Which secret checks a signature: the body's entries name the pages, and the
 pages name the tenants, so with several apps the body is parsed first, the
@@ -27,9 +30,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mesh import get_logger
+from mesh.logging import hashed
 from mesh.tenants import Tenant
 from services.gateway.body import parse_json, read_body
-from services.gateway.dialogue import DialogueClient, submit_all
+from services.gateway.dialogue import BatchOutcome, DialogueClient, submit_batch
 from services.gateway.errors import (
     DialogueError,
     DialogueUnavailable,
@@ -216,7 +220,7 @@ class MessengerWebhook:
             return JSONResponse({"events": 0, "skipped": len(batch.skipped)})
         started = time.perf_counter()
         try:
-            results = await submit_all(
+            submitted = await submit_batch(
                 self._dialogue,
                 batch.events,
                 timeout=self._settings.submit_timeout,
@@ -243,9 +247,11 @@ class MessengerWebhook:
         self._metrics.dialogue_seconds.labels("SubmitEvents", "ok").observe(
             time.perf_counter() - started
         )
+        if submitted.refused:
+            self._log_refused(submitted)
         kinds: Counter[str] = Counter()
         duplicates = 0
-        for event, result in zip(batch.events, results, strict=True):
+        for event, result in submitted.results:
             if result.status == dialogue_pb2.SUBMIT_STATUS_DUPLICATE:
                 duplicates += 1
             else:
@@ -260,14 +266,38 @@ class MessengerWebhook:
             extra={
                 "events": len(batch.events),
                 "duplicates": duplicates,
+                "refused": len(submitted.refused),
                 "skipped": len(batch.skipped),
             },
         )
         return JSONResponse(
             {
                 "events": len(batch.events),
-                "accepted": len(batch.events) - duplicates,
+                "accepted": len(submitted.results) - duplicates,
                 "duplicates": duplicates,
+                "refused": len(submitted.refused),
                 "skipped": len(batch.skipped),
             }
+        )
+
+    def _log_refused(self, outcome: BatchOutcome) -> None:
+        reasons = Counter(refusal.reason for refusal in outcome.refused)
+        for reason, count in reasons.items():
+            self._metrics.rejections.labels(ROUTE, f"dialogue_{reason}").inc(count)
+        # One line per batch (a batch holds up to 1000), naming the first few.
+        _log.warning(
+            "events refused by the dialogue service as invalid: dropped",
+            extra={
+                "reasons": dict(reasons),
+                "refused": [
+                    {
+                        "event_id": refusal.event.event_id[:80],
+                        "tenant": refusal.event.user.tenant_id,
+                        "user": hashed(refusal.event.user.user_id),
+                        "reason": refusal.reason,
+                        "detail": refusal.detail,
+                    }
+                    for refusal in outcome.refused[:5]
+                ],
+            },
         )
