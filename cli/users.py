@@ -186,17 +186,11 @@ def unlock(
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
     prefix: Prefix = "admin:",
 ) -> None:
-    """Clear a user name's failed logins (a lock by client address expires by itself)."""
+    """Clear a user name's failed logins from every address (an address's own limit expires)."""
     from services.gateway.admin.lockout import LoginThrottle
 
     async def clear(redis: RedisClient) -> None:
-        throttle = LoginThrottle(
-            redis,
-            user_limit=1,
-            ip_limit=1,
-            window=1,
-            prefix=prefix,
-        )
+        throttle = LoginThrottle(redis, free_attempts=1, ip_limit=1, window=1, prefix=prefix)
         await throttle.clear(name)
 
     _run(redis_url, clear)

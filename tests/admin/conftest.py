@@ -33,6 +33,7 @@ SETTINGS = AdminSettings(
     lockout_attempts=3,
     lockout_ip_attempts=50,
     lockout_window_seconds=60,
+    login_delay_seconds=30.0,
     live_poll_seconds=0.2,
     redis_prefix=PREFIX,
 )
@@ -94,13 +95,17 @@ def make_client(
 ) -> Iterator[ClientFactory]:
     clients: list[TestClient] = []
 
-    def make(base_url: str = "http://testserver", **changes: Any) -> TestClient:
+    def make(
+        base_url: str = "http://testserver", address: str = "testclient", **changes: Any
+    ) -> TestClient:
         console = create_admin_app(
             replace(SETTINGS, **changes),
             Tenants.from_file(stack.tenants_file),
             GrpcAdminBackends(stack.chatlog_address, stack.dialogue_address, stack.redis_url),
         )
-        client = TestClient(console.app, base_url=base_url, follow_redirects=False)
+        client = TestClient(
+            console.app, base_url=base_url, follow_redirects=False, client=(address, 50000)
+        )
         client.__enter__()
         clients.append(client)
         return client

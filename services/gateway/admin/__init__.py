@@ -1,7 +1,7 @@
 """The admin console of the gateway: pages at ``/admin``, a JSON API at ``/api/admin``.
 
 Administrators sign in (users in Redis, scrypt hashes, sessions with CSRF
-tokens, lockout after failed logins), then read the conversations of the
+tokens, growing delays after failed logins), then read the conversations of the
 tenants granted to them, follow transcripts live, look at stats, replay dead
 letters, take conversations over and answer as agents, and export training
 data. See `create_admin_app` for mounting it into the gateway.

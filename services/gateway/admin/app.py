@@ -122,9 +122,10 @@ class AdminConsole:
         )
         throttle = LoginThrottle(
             redis,
-            user_limit=self.settings.lockout_attempts,
+            free_attempts=self.settings.lockout_attempts,
             ip_limit=self.settings.lockout_ip_attempts,
             window=self.settings.lockout_window_seconds,
+            base_delay=self.settings.login_delay_seconds,
             prefix=prefix,
         )
         self._auth = Auth(

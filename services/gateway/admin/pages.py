@@ -68,6 +68,12 @@ _HEADINGS = {
 }
 
 
+def _wait_text(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{-(-seconds // 60)} minutes"
+
+
 def _today() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 
@@ -210,19 +216,27 @@ class Pages:
             )
         address = request.client.host if request.client else "unknown"
         auth = console.auth
-        if await auth.throttle.locked(username, address):
-            _log.warning("login refused: locked", extra={"client": address})
-            minutes = max(1, console.settings.lockout_window_seconds // 60)
-            return self._login_page(
+        # Charged before the password is checked, so parallel guesses are counted too.
+        verdict = await auth.throttle.attempt(username, address)
+        if not verdict.allowed:
+            _log.warning(
+                "login refused: too many attempts",
+                extra={"client": address, "reason": verdict.outcome},
+            )
+            refused = self._login_page(
                 request,
                 next_page,
-                problem=f"Too many failed sign-ins. Try again in {minutes} minutes.",
+                problem=(
+                    "Too many failed sign-ins. "
+                    f"Try again in {_wait_text(verdict.retry_after_seconds)}."
+                ),
                 username=username,
                 status=LockedOut.status,
             )
+            refused.headers["Retry-After"] = str(verdict.retry_after_seconds)
+            return refused
         user = await auth.users.authenticate(username, password) if username else None
         if user is None:
-            await auth.throttle.failed(username, address)
             known = await auth.users.get(username) is not None if username else False
             _log.warning(
                 "login failed",
@@ -235,7 +249,7 @@ class Pages:
                 username=username,
                 status=401,
             )
-        await auth.throttle.succeeded(username)
+        await auth.throttle.succeeded(username, address)
         old = cookie_value(request, COOKIE, SECURE_COOKIE)
         if old:
             previous = await auth.sessions.load(old)

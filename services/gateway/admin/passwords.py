@@ -2,9 +2,11 @@
 
 A hash reads ``scrypt$<log2 n>$<r>$<p>$<salt, base64>$<key, base64>``, so the
 cost can be raised later and old hashes still verify (`needs_rehash` says when
-to store a new one). Verifying is slow on purpose (about 0.1 s): callers run it
-in a thread, and check a dummy hash for unknown users so the timing does not
-tell which names exist.
+to store a new one). The cost is OWASP's for scrypt: N=2^17, r=8, p=1, which
+takes 128 MiB and about half a second per derivation. Callers run it in a
+thread, and check a dummy hash for unknown users so the timing does not tell
+which names exist; at most `CONCURRENT` derivations run at once in a process,
+so a burst of logins queues instead of exhausting the container's memory.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
 
 _SCHEME = "scrypt"
-LOG2_N = 15
+LOG2_N = 17
 R = 8
 P = 1
 _KEY_BYTES = 32
 _SALT_BYTES = 16
 _MAX_PASSWORD = 1024
+CONCURRENT = 2
+_slots = threading.BoundedSemaphore(CONCURRENT)
 
 
 class InvalidHash(ValueError):
@@ -29,26 +34,29 @@ class InvalidHash(ValueError):
 
 
 def _derive(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode("utf-8", "surrogatepass"),
-        salt=salt,
-        n=1 << log2_n,
-        r=r,
-        p=p,
-        maxmem=(1 << log2_n) * r * 128 * 2 + 1024 * 1024,
-        dklen=_KEY_BYTES,
-    )
+    # OpenSSL needs 128 * r * (N + p) bytes; hashlib's default maxmem is 32 MiB.
+    with _slots:
+        return hashlib.scrypt(
+            password.encode("utf-8", "surrogatepass"),
+            salt=salt,
+            n=1 << log2_n,
+            r=r,
+            p=p,
+            maxmem=128 * r * ((1 << log2_n) + p + 2) + 1024 * 1024,
+            dklen=_KEY_BYTES,
+        )
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, *, log2_n: int = LOG2_N, r: int = R, p: int = P) -> str:
+    """A new hash at the current cost (other costs only to test upgrades)."""
     if not password:
         raise ValueError("the password is empty")
     if len(password) > _MAX_PASSWORD:
         raise ValueError(f"the password is over {_MAX_PASSWORD} characters")
     salt = secrets.token_bytes(_SALT_BYTES)
-    key = _derive(password, salt, LOG2_N, R, P)
+    key = _derive(password, salt, log2_n, r, p)
     return "$".join(
-        [_SCHEME, str(LOG2_N), str(R), str(P), _b64(salt), _b64(key)],
+        [_SCHEME, str(log2_n), str(r), str(p), _b64(salt), _b64(key)],
     )
 
 

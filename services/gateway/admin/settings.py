@@ -6,8 +6,12 @@
   https), ``false`` never (local http), ``auto`` when the request came over https.
 - ``ADMIN_SESSION_IDLE_SECONDS`` (7200): a session ends after this long without a request,
   and ``ADMIN_SESSION_MAX_SECONDS`` (43200) after login in any case.
-- ``ADMIN_LOCKOUT_ATTEMPTS`` (5) failed logins per user name, or ``ADMIN_LOCKOUT_IP_ATTEMPTS``
-  (20) per client address, within ``ADMIN_LOCKOUT_WINDOW_SECONDS`` (900) lock it that long.
+- ``ADMIN_LOCKOUT_ATTEMPTS`` (5): sign-in attempts a user name may fail from one client
+  address before each further one waits ``ADMIN_LOGIN_DELAY_SECONDS`` (1), doubled per
+  failure up to ``ADMIN_LOCKOUT_WINDOW_SECONDS`` (900); failures are forgotten that long
+  after the last wait, or at a successful sign-in. Other addresses are not slowed down.
+  ``ADMIN_LOCKOUT_IP_ATTEMPTS`` (20) unsuccessful attempts from one address, whatever the
+  names, block that address for the window.
 - ``ADMIN_RPC_TIMEOUT`` (5 s) for each call to the chatlog and dialogue services;
   ``ADMIN_AGENT_TIMEOUT`` (15 s) for an agent's message to be sent.
 - ``ADMIN_LIVE_POLL_SECONDS`` (2): how often an open transcript asks for new messages;
@@ -36,6 +40,7 @@ class AdminSettings:
     lockout_attempts: int = 5
     lockout_ip_attempts: int = 20
     lockout_window_seconds: int = 15 * 60
+    login_delay_seconds: float = 1.0
     rpc_timeout: float = 5.0
     agent_timeout: float = 15.0
     live_poll_seconds: float = 2.0
@@ -74,6 +79,7 @@ class AdminSettings:
             lockout_attempts=env.integer("ADMIN_LOCKOUT_ATTEMPTS", 5, minimum=1),
             lockout_ip_attempts=env.integer("ADMIN_LOCKOUT_IP_ATTEMPTS", 20, minimum=1),
             lockout_window_seconds=env.integer("ADMIN_LOCKOUT_WINDOW_SECONDS", 900, minimum=1),
+            login_delay_seconds=_positive(env, "ADMIN_LOGIN_DELAY_SECONDS", 1.0),
             rpc_timeout=_positive(env, "ADMIN_RPC_TIMEOUT", 5.0),
             agent_timeout=_positive(env, "ADMIN_AGENT_TIMEOUT", 15.0),
             live_poll_seconds=_positive(env, "ADMIN_LIVE_POLL_SECONDS", 2.0),

@@ -3,12 +3,14 @@
 One hash per user (``<prefix>user:<name>``) and a set of the names
 (``<prefix>users``); every command touches one key, so a Redis Cluster works.
 ``generation`` changes whenever the password, role or grants change, and
-sessions opened before no longer count.
+sessions opened before no longer count. Storing the same password again at a
+higher hashing cost (on sign-in) is not a change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -26,6 +28,15 @@ ALL_TENANTS = "*"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 RedisClient = Redis | RedisCluster
+
+# Replaces the hash only if it is still the one verified (not changed meanwhile).
+_REHASH = """
+if redis.call('HGET', KEYS[1], 'password') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'password', ARGV[2])
+  return 1
+end
+return 0
+"""
 
 
 class InvalidUser(ValueError):
@@ -180,9 +191,12 @@ class UserStore:
         if user is None or not good:
             return None
         if passwords.needs_rehash(user.password_hash):
-            user = await self.put(
-                user.name, role=user.role, tenants=user.tenants, password=password
+            upgraded = await asyncio.to_thread(passwords.hash_password, password)
+            stored = await self._redis.eval(
+                _REHASH, 1, self._key(user.name), user.password_hash, upgraded
             )
+            if int(stored):
+                user = dataclasses.replace(user, password_hash=upgraded)
         return user
 
     async def ensure_bootstrap_admin(self, name: str, password: str) -> User:
