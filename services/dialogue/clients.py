@@ -1,7 +1,7 @@
 """The dialogue service's view of the NLU and chatlog services.
 
-The chatlog is written through an outbox, a Redis stream that a writer in
-every worker process drains in merged batches. On a single Redis a finished
+The chatlog is written through an outbox, Redis streams (one per shard)
+that a writer in every worker process drains in merged batches. On a single Redis a finished
 item's records enter it in the same atomic step that completes the item,
 while the lease is still current; otherwise the records are appended
 directly and go to the outbox only when the chatlog cannot take them (down,
@@ -20,11 +20,12 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import nlu_result_pb2
 from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from mesh import get_logger, tracing
 from services.dialogue import metrics
-from services.dialogue.keys import OUTBOX_STREAM
+from services.dialogue.keys import UserId, all_shards, shard_of
 from services.dialogue.store import Fenced, RedisClient
 
 _log = get_logger("dialogue.clients")
@@ -83,6 +84,9 @@ class Chatlog(Protocol):
 # Messages per merged replay call (the chatlog takes up to 500).
 REPLAY_BATCH = 200
 
+# An outbox entry as read: (stream, entry id, fields).
+_Entry = tuple[str, bytes, dict[bytes, bytes]]
+
 
 class ChatlogOutbox:
     """Appends to the chatlog, or to the Redis outbox when it cannot."""
@@ -97,12 +101,25 @@ class ChatlogOutbox:
         timeout_s: float = 2.0,
         *,
         blocking: RedisClient | None = None,
+        shards: int = 1,
     ) -> None:
         self._stub = chatlog_service_pb2_grpc.ChatlogServiceStub(channel)
         self._redis: Any = redis
         self._blocking: Any = blocking or redis
         self._consumer = consumer
         self._timeout_s = timeout_s
+        self.streams = [shard.outbox for shard in all_shards(max(1, shards))]
+        # One read waits on every stream of a single Redis; under Redis Cluster
+        # (streams on different slots) each stream has its own reader.
+        if isinstance(redis, RedisCluster):
+            self._groups = [[stream] for stream in self.streams]
+        else:
+            self._groups = [self.streams]
+
+    def _stream_for(self, messages: list[chatlog_pb.ChatMessage]) -> str:
+        first = messages[0]
+        user = UserId(first.user.tenant_id, int(first.user.channel), first.user.user_id)
+        return self.streams[shard_of(user.member(), len(self.streams))]
 
     async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None:
         request = chatlog_pb.AppendMessagesRequest(messages=messages)
@@ -120,37 +137,29 @@ class ChatlogOutbox:
         # Checked under the lease already; replays are not fenced again.
         for message in request.messages:
             message.fencing_token = 0
-        await self._redis.xadd(OUTBOX_STREAM, {"r": request.SerializeToString()})
+        await self._redis.xadd(self._stream_for(messages), {"r": request.SerializeToString()})
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self, stream: str) -> None:
         try:
-            await self._redis.xgroup_create(OUTBOX_STREAM, self.GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(stream, self.GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def replay_forever(self, block_ms: int = 30_000) -> None:
-        """Delivers buffered writes; blocks on the stream while there are none."""
-        await self._ensure_group()
+        """Delivers buffered writes; blocks on the streams while there are none."""
+        await asyncio.gather(*(self._replay(group, block_ms) for group in self._groups))
+
+    async def _replay(self, streams: list[str], block_ms: int) -> None:
         backoff = 0.5
+        ready = False
         while True:
             try:
-                # Ours first (delivered, not yet acknowledged), then a dead
-                # replayer's, then new ones, waiting for them without cost.
-                mine = await self._redis.xreadgroup(
-                    self.GROUP, self._consumer, {OUTBOX_STREAM: "0"}, count=100
-                )
-                entries = [e for _, batch in mine or [] for e in batch]
-                if not entries:
-                    claimed = await self._redis.xautoclaim(
-                        OUTBOX_STREAM, self.GROUP, self._consumer, min_idle_time=60_000, count=100
-                    )
-                    entries = list(claimed[1]) if claimed else []
-                if not entries:
-                    streams = await self._blocking.xreadgroup(
-                        self.GROUP, self._consumer, {OUTBOX_STREAM: ">"}, count=100, block=block_ms
-                    )
-                    entries = [e for _, batch in streams or [] for e in batch]
+                if not ready:
+                    for stream in streams:
+                        await self._ensure_group(stream)
+                    ready = True
+                entries = await self._read(streams, block_ms)
                 await self._deliver_many(entries)
                 backoff = 0.5
             except asyncio.CancelledError:
@@ -160,7 +169,28 @@ class ChatlogOutbox:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _deliver_many(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _read(self, streams: list[str], block_ms: int) -> list[_Entry]:
+        # Ours first (delivered, not yet acknowledged), then a dead replayer's,
+        # then new ones, waiting for them without cost.
+        mine = await self._redis.xreadgroup(
+            self.GROUP, self._consumer, dict.fromkeys(streams, "0"), count=100
+        )
+        entries = _entries(mine)
+        if entries:
+            return entries
+        for stream in streams:
+            claimed = await self._redis.xautoclaim(
+                stream, self.GROUP, self._consumer, min_idle_time=60_000, count=100
+            )
+            entries += [(stream, entry_id, fields) for entry_id, fields in claimed[1]]
+        if entries:
+            return entries
+        fresh = await self._blocking.xreadgroup(
+            self.GROUP, self._consumer, dict.fromkeys(streams, ">"), count=100, block=block_ms
+        )
+        return _entries(fresh)
+
+    async def _deliver_many(self, entries: list[_Entry]) -> None:
         """Catches up in few calls: entries are merged into requests of up to
         ``REPLAY_BATCH`` messages (appends are idempotent by message id)."""
         start = 0
@@ -168,7 +198,7 @@ class ChatlogOutbox:
             merged = chatlog_pb.AppendMessagesRequest()
             end = start
             while end < len(entries):
-                raw = entries[end][1].get(b"r")
+                raw = entries[end][2].get(b"r")
                 request = chatlog_pb.AppendMessagesRequest.FromString(raw) if raw else None
                 count = len(request.messages) if request else 0
                 if end > start and len(merged.messages) + count > REPLAY_BATCH:
@@ -178,7 +208,7 @@ class ChatlogOutbox:
                 end += 1
             chunk = entries[start:end]
             # A merged write shows in the trace of its first message.
-            first = chunk[0][1].get(b"t", b"").decode()
+            first = chunk[0][2].get(b"t", b"").decode()
             try:
                 if merged.messages:
                     with tracing.span(
@@ -194,15 +224,21 @@ class ChatlogOutbox:
                 if exc.code() in _TRANSIENT:
                     raise
                 # One bad entry must not hold back the others: one by one.
-                for entry_id, fields in chunk:
-                    await self._deliver(entry_id, fields)
+                for entry in chunk:
+                    await self._deliver(*entry)
             else:
-                ids = [entry_id for entry_id, _ in chunk]
-                await self._redis.xack(OUTBOX_STREAM, self.GROUP, *ids)
-                await self._redis.xdel(OUTBOX_STREAM, *ids)
+                await self._done(chunk)
             start = end
 
-    async def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _done(self, entries: list[_Entry]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        for stream, ids in by_stream.items():
+            await self._redis.xack(stream, self.GROUP, *ids)
+            await self._redis.xdel(stream, *ids)
+
+    async def _deliver(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         raw = fields.get(b"r")
         if raw is not None:
             request = chatlog_pb.AppendMessagesRequest.FromString(raw)
@@ -227,8 +263,16 @@ class ChatlogOutbox:
                     "outbox entry refused by the chatlog",
                     extra={"code": exc.code().name, "details": exc.details()},
                 )
-        await self._redis.xack(OUTBOX_STREAM, self.GROUP, entry_id)
-        await self._redis.xdel(OUTBOX_STREAM, entry_id)
+        await self._done([(stream, entry_id, fields)])
 
     async def pending(self) -> int:
-        return int(await self._redis.xlen(OUTBOX_STREAM))
+        return sum([int(await self._redis.xlen(stream)) for stream in self.streams])
+
+
+def _entries(reply: Any) -> list[_Entry]:
+    """XREADGROUP's reply, flattened; stream names as text."""
+    out: list[_Entry] = []
+    for stream, batch in reply or []:
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        out += [(name, entry_id, fields) for entry_id, fields in batch]
+    return out

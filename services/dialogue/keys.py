@@ -2,22 +2,49 @@
 
 Every key of one user shares the hash tag ``{t:<tenant>:<channel>:<user>}``,
 so in a Redis Cluster one user lives in one slot and every per-user script
-runs there. The ready list and the index of active users share the tag
-``{ready}``; a tenant's dead letters share ``{dlq:<tenant>}``.
+runs there. The ready list, the index of active users and the chatlog outbox
+are split into shards (``DIALOGUE_SHARDS``): a user belongs to one shard by a
+stable hash, and each shard has its own hash tag, so under Redis Cluster the
+shards spread over the primaries instead of one slot carrying every message.
+Shard 0 keeps the names of an unsharded deployment (``{ready}``,
+``{outbox}``), so data queued before sharding is still served. A tenant's
+dead letters share ``{dlq:<tenant>}``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass
 
 _SAFE_USER = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 _SEP = "\x1f"
 
-READY_LIST = "dlg:{ready}:list"
-ACTIVE_INDEX = "dlg:{ready}:active"
-OUTBOX_STREAM = "dlg:{outbox}:chatlog"
+
+@dataclass(frozen=True)
+class ShardKeys:
+    """One shard's ready list, active index and chatlog outbox."""
+
+    index: int
+    ready: str
+    active: str
+    outbox: str
+
+    @classmethod
+    def of(cls, index: int) -> ShardKeys:
+        ready = "{ready}" if index == 0 else f"{{ready:{index}}}"
+        outbox = "{outbox}" if index == 0 else f"{{outbox:{index}}}"
+        return cls(index, f"dlg:{ready}:list", f"dlg:{ready}:active", f"dlg:{outbox}:chatlog")
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a user (or of a conversation's records): stable across processes."""
+    return zlib.crc32(key.encode()) % shards if shards > 1 else 0
+
+
+def all_shards(shards: int) -> list[ShardKeys]:
+    return [ShardKeys.of(i) for i in range(shards)]
 
 
 def _safe(user_id: str) -> str:

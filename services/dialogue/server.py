@@ -101,6 +101,7 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
         "dialogue",
         host=settings.host,
         port=settings.port,
+        shards=settings.store.shards,
         service_names=[SERVICE_NAME] if settings.serves_api else [],
     )
     if settings.serves_api:

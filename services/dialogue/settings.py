@@ -84,6 +84,7 @@ class DialogueSettings:
                 stall_grace_s=env.number("DIALOGUE_STALL_GRACE_SECONDS", 5.0),
                 reorder_window_ms=env.integer("DIALOGUE_REORDER_WINDOW_MS", 200, minimum=0),
                 reorder_evidence_s=env.integer("DIALOGUE_REORDER_EVIDENCE_SECONDS", 30, minimum=1),
+                shards=env.integer("DIALOGUE_SHARDS", 16, minimum=1),
             ),
             workers=WorkerSettings(
                 concurrency=env.integer("DIALOGUE_WORKERS", 32, minimum=1),

@@ -20,12 +20,12 @@ from redis.asyncio.cluster import RedisCluster
 
 from services.dialogue import scripts
 from services.dialogue.keys import (
-    ACTIVE_INDEX,
-    OUTBOX_STREAM,
-    READY_LIST,
+    ShardKeys,
     TenantKeys,
     UserId,
     UserKeys,
+    all_shards,
+    shard_of,
 )
 
 RedisClient = Redis | RedisCluster
@@ -194,6 +194,9 @@ class StoreSettings:
     reorder_window_ms: int = 0
     # How long that evidence lasts after the last repeated or overtaken delivery.
     reorder_evidence_s: int = 30
+    # Shards of the ready list, the active index and the chatlog outbox. Raise
+    # it freely; lowering it strands the users of the shards left out.
+    shards: int = 1
 
 
 def _now_ms() -> int:
@@ -213,6 +216,29 @@ def _text_map(mapping: Mapping[Any, Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in mapping.items()}
 
 
+def _head_from(raw: Any, attempts: Any, sent: Any, slots: Any, handoff: Any) -> Head:
+    """A head as the scripts return it (ACQUIRE, LOAD_HEAD)."""
+    text = _text(raw)
+    return Head(
+        text, QueueItem.decode(text), int(attempts), int(sent), _pairs(slots), _pairs(handoff)
+    )
+
+
+@dataclass
+class ReadyGroup:
+    """Ready lists one blocking pop can wait on together: every shard on a
+    single Redis, one shard per pop under Redis Cluster (keys of different
+    slots cannot share a command). The pop starts at a different list each
+    time, so no shard is always served first."""
+
+    keys: list[str]
+    turn: int = 0
+
+    def rotated(self) -> list[str]:
+        self.turn = (self.turn + 1) % len(self.keys)
+        return self.keys[self.turn :] + self.keys[: self.turn]
+
+
 class DialogueStore:
     def __init__(
         self, redis: RedisClient, settings: StoreSettings, *, blocking: RedisClient | None = None
@@ -225,6 +251,7 @@ class DialogueStore:
         # On a single Redis every key lives on one node, so the scripts also
         # index and schedule users themselves; a cluster needs separate steps.
         self.single_node = not isinstance(redis, RedisCluster)
+        self.shards = all_shards(max(1, settings.shards))
         self._submit = redis.register_script(scripts.SUBMIT)
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._renew = redis.register_script(scripts.RENEW)
@@ -257,8 +284,9 @@ class DialogueStore:
             item.order_ms,
             self.settings.reorder_evidence_s,
         ]
+        shard = self.shard(user)
         if self.single_node:
-            script_keys += [ACTIVE_INDEX, READY_LIST]
+            script_keys += [shard.active, shard.ready]
             args += [user.member(), time.time() + self.settings.stall_grace_s]
         else:
             # Indexed first: if this process dies after queueing, the reaper finds the user.
@@ -267,22 +295,43 @@ class DialogueStore:
         if outcome == 0:
             return SubmitStatus.DUPLICATE
         if outcome == 2 and not self.single_node:
-            await self.redis.rpush(READY_LIST, user.member())
+            await self.redis.rpush(shard.ready, user.member())
         return SubmitStatus.ACCEPTED
 
-    async def _touch(self, user: UserId, seconds: float) -> None:
-        await self.redis.zadd(ACTIVE_INDEX, {user.member(): time.time() + seconds}, gt=True)
+    def shard(self, user: UserId) -> ShardKeys:
+        return self.shards[shard_of(user.member(), len(self.shards))]
+
+    async def _touch(self, user: UserId, seconds: float, shard: ShardKeys | None = None) -> None:
+        active = (shard or self.shard(user)).active
+        await self.redis.zadd(active, {user.member(): time.time() + seconds}, gt=True)
 
     # ---- workers ----------------------------------------------------------
+
+    def ready_groups(self) -> list[ReadyGroup]:
+        """What the dispatchers wait on: one group per blocking pop."""
+        lists = [shard.ready for shard in self.shards]
+        if self.single_node:
+            return [ReadyGroup(lists)]
+        return [ReadyGroup([key]) for key in lists]
 
     async def next_ready(self, timeout_s: float) -> UserId | None:
         """Blocks until a user is ready (or the timeout passes)."""
         users = await self.next_ready_batch(timeout_s, 1)
         return users[0] if users else None
 
-    async def next_ready_batch(self, timeout_s: float, count: int) -> list[UserId]:
-        """Blocks until a user is ready; returns up to ``count`` of them at once."""
-        popped = await self.blocking.blmpop(timeout_s, 1, READY_LIST, direction="LEFT", count=count)
+    async def next_ready_batch(
+        self, timeout_s: float, count: int, group: ReadyGroup | None = None
+    ) -> list[UserId]:
+        """Blocks until a user is ready; returns up to ``count`` of them at once
+        (from one ready list of ``group``: by default, every shard)."""
+        if group is None:
+            if not self.single_node and len(self.shards) > 1:
+                raise ValueError("under Redis Cluster a pop waits on one shard's group")
+            group = self.ready_groups()[0]
+        keys = group.rotated()
+        popped = await self.blocking.blmpop(
+            timeout_s, len(keys), *keys, direction="LEFT", count=count
+        )
         if not popped:
             return []
         return [UserId.from_member(member) for member in popped[1]]
@@ -308,7 +357,7 @@ class DialogueStore:
             self.settings.reorder_window_ms,
         ]
         if self.single_node:
-            keys.append(ACTIVE_INDEX)
+            keys.append(self.shard(user).active)
             args += [user.member(), time.time() + lease_s + self.settings.stall_grace_s]
         asked = time.monotonic()
         reply = await self._acquire(keys=keys, args=args)
@@ -321,17 +370,7 @@ class DialogueStore:
             await self._touch(user, lease_s + self.settings.stall_grace_s)
         lease = Lease(user, k, code, f"{self.settings.holder}|{code}")
         lease.state.valid_until = asked + lease_s
-        _, raw, attempts, sent, slots, handoff = reply
-        raw_text = _text(raw)
-        head = Head(
-            raw_text,
-            QueueItem.decode(raw_text),
-            int(attempts),
-            int(sent),
-            _pairs(slots),
-            _pairs(handoff),
-        )
-        return Acquired(lease, head)
+        return Acquired(lease, _head_from(*reply[1:]))
 
     async def renew(self, lease: Lease) -> bool:
         asked = time.monotonic()
@@ -362,18 +401,9 @@ class DialogueStore:
         )
         if reply == -1:
             raise Fenced(f"lease {lease.value} lost")
-        raw, attempts, sent, slots, handoff = reply
-        if raw is None:
+        if reply[0] is None:
             return None
-        raw_text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return Head(
-            raw_text,
-            QueueItem.decode(raw_text),
-            int(attempts),
-            int(sent),
-            _pairs(slots),
-            _pairs(handoff),
-        )
+        return _head_from(*reply)
 
     async def mark_sent(self, lease: Lease, item_id: str, count: int) -> None:
         ok = await self._mark_sent(
@@ -420,7 +450,8 @@ class DialogueStore:
             "1" if release else "0",
         ]
         if self.single_node:
-            keys += [ACTIVE_INDEX, READY_LIST, OUTBOX_STREAM]
+            shard = self.shard(lease.user)
+            keys += [shard.active, shard.ready, shard.outbox]
             args += [
                 lease.user.member(),
                 time.time() + self.settings.stall_grace_s,
@@ -480,7 +511,7 @@ class DialogueStore:
     async def _reschedule(self, user: UserId) -> None:
         # Back to the tail of the ready list: the other users go first.
         await self._touch(user, self.settings.stall_grace_s)
-        await self.redis.rpush(READY_LIST, user.member())
+        await self.redis.rpush(self.shard(user).ready, user.member())
 
     # ---- waiting for results ----------------------------------------------
 
@@ -509,10 +540,17 @@ class DialogueStore:
     async def sweep(self, limit: int = 100) -> int:
         """Reschedules users left with a queue and no worker (a crashed replica).
 
-        Looks only at users whose deadline passed; returns how many it rescheduled.
+        Looks only at users whose deadline passed, up to ``limit`` per shard;
+        returns how many it rescheduled.
         """
+        rescheduled = 0
+        for shard in self.shards:
+            rescheduled += await self._sweep_shard(shard, limit)
+        return rescheduled
+
+    async def _sweep_shard(self, shard: ShardKeys, limit: int) -> int:
         overdue = await self.redis.zrangebyscore(
-            ACTIVE_INDEX, "-inf", time.time(), start=0, num=limit, withscores=True
+            shard.active, "-inf", time.time(), start=0, num=limit, withscores=True
         )
         rescheduled = 0
         for member, score in overdue:
@@ -520,21 +558,28 @@ class DialogueStore:
             k = UserKeys(user)
             state = int(await self._inspect(keys=[k.lease, k.queue, k.sched]))
             if state == 1:
-                await self._touch(user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s)
+                await self._touch(
+                    user, self.settings.lease_ms / 1000 + self.settings.stall_grace_s, shard
+                )
             elif state == 0:
-                await self._forget(keys=[ACTIVE_INDEX], args=[member, score])
-            elif await self.redis.lpos(READY_LIST, user.member()) is not None:
+                await self._forget(keys=[shard.active], args=[member, score])
+            elif await self.redis.lpos(self.shard(user).ready, user.member()) is not None:
                 # Waiting its turn behind a backlog: not stranded, look again later.
-                await self._touch(user, max(30.0, self.settings.stall_grace_s))
+                await self._touch(user, max(30.0, self.settings.stall_grace_s), shard)
             else:
-                await self._touch(user, self.settings.stall_grace_s)
-                await self.redis.rpush(READY_LIST, user.member())
+                await self._touch(user, self.settings.stall_grace_s, shard)
+                await self.redis.rpush(self.shard(user).ready, user.member())
                 rescheduled += 1
         return rescheduled
 
     async def queue_sample(self, limit: int = 200) -> tuple[int, float]:
         """Items queued and the oldest one's age (s), over up to ``limit`` active users."""
-        members = await self.redis.zrange(ACTIVE_INDEX, 0, limit - 1)
+        per_shard = max(1, limit // len(self.shards))
+        members = [
+            member
+            for shard in self.shards
+            for member in await self.redis.zrange(shard.active, 0, per_shard - 1)
+        ]
         if not members:
             return 0, 0.0
         pipe = self.redis.pipeline(transaction=False)
@@ -552,10 +597,10 @@ class DialogueStore:
         return total, oldest_ms / 1000
 
     async def ready_length(self) -> int:
-        return int(await self.redis.llen(READY_LIST))
+        return sum([int(await self.redis.llen(shard.ready)) for shard in self.shards])
 
     async def active_count(self) -> int:
-        return int(await self.redis.zcard(ACTIVE_INDEX))
+        return sum([int(await self.redis.zcard(shard.active)) for shard in self.shards])
 
     # ---- state, hand-off, dead letters -------------------------------------
 

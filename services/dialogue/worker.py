@@ -1,7 +1,8 @@
 """The workers of one replica.
 
-A dispatcher blocks on the ready list (no Redis calls while idle beyond one
-blocking pop) and hands each ready user to a turn, at most ``concurrency``
+A dispatcher blocks on the ready lists (no Redis calls while idle beyond one
+blocking pop: one for every shard on a single Redis, one per shard under
+Redis Cluster) and hands each ready user to a turn, at most ``concurrency``
 at a time. A turn takes the user's lease, processes up to ``turn_items``
 items, and releases it; a user with more queued goes back to the tail of the
 ready list, so a chatty user cannot starve the others. The lease is renewed
@@ -24,7 +25,15 @@ from mesh.logging import hashed
 from services.dialogue import metrics
 from services.dialogue.keys import UserId
 from services.dialogue.processor import RESULT_DEAD, Processor
-from services.dialogue.store import Acquired, DialogueStore, Fenced, Head, Hold, Lease
+from services.dialogue.store import (
+    Acquired,
+    DialogueStore,
+    Fenced,
+    Head,
+    Hold,
+    Lease,
+    ReadyGroup,
+)
 
 _log = get_logger("dialogue.worker")
 
@@ -39,6 +48,30 @@ class WorkerSettings:
     sweep_interval_s: float = 3.0
 
 
+class _Slots:
+    """Free turn slots, shared by the dispatchers of every shard. A dispatcher
+    waits for a free slot before it pops but holds none while it blocks, so an
+    idle shard never keeps slots from a busy one."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._changed = asyncio.Event()
+
+    async def wait_free(self) -> int:
+        while self.free <= 0:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.free
+
+    async def take(self) -> None:
+        await self.wait_free()
+        self.free -= 1
+
+    def release(self) -> None:
+        self.free += 1
+        self._changed.set()
+
+
 class Workers:
     def __init__(
         self, store: DialogueStore, processor: Processor, settings: WorkerSettings
@@ -46,7 +79,7 @@ class Workers:
         self._store = store
         self._processor = processor
         self._settings = settings
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = _Slots(settings.concurrency)
         self._turns: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -61,36 +94,30 @@ class Workers:
             await asyncio.gather(reaper, *self._turns, return_exceptions=True)
 
     async def _dispatch_forever(self) -> None:
+        groups = self._store.ready_groups()
+        await asyncio.gather(*(self._dispatch(group) for group in groups))
+
+    async def _dispatch(self, group: ReadyGroup) -> None:
         backoff = 0.2
         while True:
-            # Wait for one free slot, then take every other free one: a backlog
-            # is popped many users per call instead of one.
-            await self._slots.acquire()
-            free = 1
-            while free < self._settings.concurrency and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
+            # As many users as there are free slots: a backlog is popped many
+            # users per call instead of one.
+            free = await self._slots.wait_free()
             try:
-                users = await self._store.next_ready_batch(self._settings.block_s, free)
+                users = await self._store.next_ready_batch(self._settings.block_s, free, group)
                 backoff = 0.2
             except RedisError as exc:
-                self._release_slots(free)
                 _log.warning("ready list unreachable", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            except BaseException:
-                self._release_slots(free)
-                raise
-            self._release_slots(free - len(users))
             for user in users:
+                # Another shard's dispatcher may have taken a slot meanwhile;
+                # a popped user then waits here, and the reaper would find them.
+                await self._slots.take()
                 task = asyncio.create_task(self._turn(user))
                 self._turns.add(task)
                 task.add_done_callback(self._turn_done)
-
-    def _release_slots(self, count: int) -> None:
-        for _ in range(count):
-            self._slots.release()
 
     def _turn_done(self, task: asyncio.Task[None]) -> None:
         self._turns.discard(task)

@@ -20,7 +20,7 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
-from services.dialogue.keys import READY_LIST, UserId, UserKeys
+from services.dialogue.keys import UserId, UserKeys
 from tests.fuzz.calls import RawMethods
 from tests.redis_servers import RedisServer
 from tests.support import ServiceProcess, health_status
@@ -66,6 +66,10 @@ class DialogueUnderFuzz:
             if _QUEUE_KEY.match(key)
         }
 
+    def ready_entries(self) -> int:
+        """Users waiting in any shard's ready list."""
+        return sum(int(self.redis.llen(key)) for key in self.redis.scan_iter(match="dlg:*:list"))
+
     def assert_healthy(self) -> None:
         assert self.process.proc.poll() is None, f"the dialogue exited:\n{self.process.tail()}"
         assert health_status(self.process.port) == SERVING, self.process.tail()
@@ -73,7 +77,7 @@ class DialogueUnderFuzz:
     def assert_drained(self, timeout: float) -> None:
         """Every queue empties; every accepted event has its result, none a dead letter's."""
         deadline = time.monotonic() + timeout
-        while (queues := self.queues()) or self.redis.llen(READY_LIST):
+        while (queues := self.queues()) or self.ready_entries():
             assert time.monotonic() < deadline, (
                 f"queues still not empty after {timeout:.0f}s: {sorted(queues.items())[:10]} "
                 f"({len(queues)} users, {sum(queues.values())} items)\n{self.process.tail()}"
