@@ -5,19 +5,30 @@ second line of defence every line is passed through ``redact``, which masks
 tokens in URLs (``access_token=``, ``hub.verify_token=``), bearer credentials
 and ``appsecret_proof``, whichever logger wrote them; and the HTTP client
 libraries, which log every request URL at INFO, are held at WARNING.
+
+User ids appear only as ``hashed(id)``: an HMAC-SHA256 under ``LOG_ID_KEY``
+(or the file ``LOG_ID_KEY_FILE`` names), shared by every service so one
+user's lines correlate across them. A bare hash would not do: anyone could
+hash a known id (or every id of a small space, e-mail addresses say) and find
+its lines. Without a key each process draws a random one, and says so once.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
+
+from mesh.config import ConfigError, Env
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -83,13 +94,67 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
-def hashed(value: str) -> str:
-    """A stable, short stand-in for a user id in logs (never the id itself)."""
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
+LOG_ID_KEY = "LOG_ID_KEY"
+_MIN_KEY_CHARS = 16
+_id_key: bytes | None = None
+_log = logging.getLogger("mesh.logging")
+
+
+def log_id_key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key from ``LOG_ID_KEY`` or ``LOG_ID_KEY_FILE``; None when neither is set."""
+    value = Env(environ).secret(LOG_ID_KEY)
+    if value is None:
+        return None
+    if len(value) < _MIN_KEY_CHARS:
+        # The message names the variable, never the value.
+        raise ConfigError(
+            f"{LOG_ID_KEY} is too short: at least {_MIN_KEY_CHARS} characters "
+            "(32 random bytes in base64, say)"
+        )
+    return value.encode("utf-8")
+
+
+def _random_key() -> bytes:
+    _log.warning(
+        f"{LOG_ID_KEY} is not set: user ids in logs are hashed under a random key of this "
+        "process, so they do not match other processes' lines, nor this one's after a restart"
+    )
+    return secrets.token_bytes(32)
+
+
+def _process_key() -> bytes:
+    global _id_key
+    if _id_key is None:
+        try:
+            _id_key = log_id_key() or _random_key()
+        except ConfigError as exc:  # logging was not configured: no place to fail loudly
+            _log.error("user ids in logs hashed under a random key", extra={"error": str(exc)})
+            _id_key = secrets.token_bytes(32)
+    return _id_key
+
+
+def hashed(value: str, *, key: bytes | None = None) -> str:
+    """A stable, short stand-in for a user id in logs (never the id itself).
+
+    Keyed (``LOG_ID_KEY``, or ``key``), so it cannot be recomputed from the id
+    without the key.
+    """
+    mac = hmac.new(
+        _process_key() if key is None else key,
+        value.encode("utf-8", "surrogatepass"),
+        hashlib.sha256,
+    )
+    return mac.hexdigest()[:16]
 
 
 def configure_logging(service: str, level: str | None = None) -> None:
-    """JSON lines on stderr; ``LOG_LEVEL`` sets the level (INFO by default)."""
+    """JSON lines on stderr; ``LOG_LEVEL`` sets the level (INFO by default).
+
+    Also sets the key of `hashed` from ``LOG_ID_KEY``/``LOG_ID_KEY_FILE``
+    (ConfigError when the file cannot be read or the key is too short).
+    """
+    global _id_key
+    key = log_id_key()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -97,6 +162,10 @@ def configure_logging(service: str, level: str | None = None) -> None:
     root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if key is not None:
+        _id_key = key
+    elif _id_key is None:
+        _id_key = _random_key()
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.gateway.harness import TENANTS, DialogueServer, Gateway
+from tests.gateway.harness import LOG_ID_KEY, TENANTS, DialogueServer, Gateway
 from tests.redis_servers import RedisServer
 
 
@@ -67,6 +67,7 @@ def gateway_env(
         "GATEWAY_USER_RATE_LIMIT": "100000",
         "GATEWAY_TENANT_RATE_LIMIT": "1000000",
         "LOG_LEVEL": "INFO",
+        "LOG_ID_KEY": LOG_ID_KEY,
         **extra,
     }
 

@@ -33,6 +33,8 @@ ACME_VERIFY = "acme-verify-token"
 GLOBEX_VERIFY = "globex-verify-token"
 ACME_KEY = "acme-api-key-0f7e2d9c"
 GLOBEX_KEY = "globex-api-key-a81b44"
+# The key user ids are hashed under in the gateway's logs, so tests can find them.
+LOG_ID_KEY = "gateway-tests-log-id-key-7c21e0"
 TENANTS = {
     "tenants": [
         {

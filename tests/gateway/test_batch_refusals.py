@@ -29,7 +29,7 @@ from mesh.logging import hashed
 from services.gateway.dialogue import GrpcDialogueClient, submit_batch
 from services.gateway.errors import DialogueRejected
 from tests.gateway.conftest import gateway_env
-from tests.gateway.harness import PYTHONPATH, DialogueServer, Gateway
+from tests.gateway.harness import LOG_ID_KEY, PYTHONPATH, DialogueServer, Gateway
 from tests.redis_servers import RedisServer
 from tests.support import ServiceProcess, free_port
 
@@ -122,7 +122,8 @@ def test_a_refused_event_is_dropped_and_the_rest_acknowledged(
     assert line["level"] == "warning"
     assert line["reasons"] == {"invalid_event_id": 2}
     assert [r["event_id"] for r in line["refused"]] == ["m_bad1", "m_bad2"]
-    assert [r["user"] for r in line["refused"]] == [hashed("802"), hashed("801")]
+    key = LOG_ID_KEY.encode()
+    assert [r["user"] for r in line["refused"]] == [hashed("802", key=key), hashed("801", key=key)]
 
     # Messenger's retry of the same batch changes nothing.
     again = gateway.post_webhook(batch)
