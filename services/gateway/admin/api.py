@@ -144,6 +144,12 @@ class Api:
         q = params.query(request)
         settings = self._console.settings
         seconds = params.number(q, "max_seconds", 0.1, settings.live_stream_seconds)
+        authenticator = self._console.auth.authenticator
+
+        async def signed_in() -> bool:
+            now = await authenticator.identify(request, touch=False)
+            return now is not None and now.session.key == who.session.key
+
         live = LiveRequest(
             who=who,
             tenant=tenant,
@@ -153,6 +159,7 @@ class Api:
             )[:4096],
             seconds=seconds or settings.live_stream_seconds,
             poll_seconds=settings.live_poll_seconds,
+            signed_in=signed_in,
         )
         follower = Follower(self._console.service, self._console.renderer.message)
         token, sample = await follower.prepare(live)

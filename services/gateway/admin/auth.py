@@ -115,11 +115,12 @@ class SessionAuthenticator:
         self._sessions = sessions
         self._tenants = frozenset(tenants)
 
-    async def identify(self, conn: HTTPConnection) -> Identity | None:
+    async def identify(self, conn: HTTPConnection, *, touch: bool = True) -> Identity | None:
+        """Who ``conn``'s cookie signs in; ``touch=False`` checks without counting as activity."""
         token = cookie_value(conn, COOKIE, SECURE_COOKIE)
         if not token:
             return None
-        session = await self._sessions.load(token)
+        session = await self._sessions.load(token, touch=touch)
         if session is None:
             return None
         user = await self._users.get(session.username)

@@ -7,6 +7,10 @@ batch's last event carries that token as its SSE ``id``, so a browser that
 reconnects (``Last-Event-ID``) resumes exactly there, and a stream ends after a
 while on its own (the browser reconnects), so no request lives for ever. The
 hand-off state is polled alongside and sent when it changes.
+
+The session is checked again before every poll (without counting as activity):
+after a logout, a password, role or grant change or the user's removal, the
+stream sends ``signed-out`` and ends at the next tick, not when its time is up.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
@@ -46,6 +50,7 @@ class LiveRequest:
     token: str
     seconds: float
     poll_seconds: float
+    signed_in: Callable[[], Awaitable[bool]]
 
 
 class Follower:
@@ -76,6 +81,16 @@ class Follower:
         handed_off: bool | None = None
         yield f"retry: {RETRY_MS}\n\n"
         while True:
+            try:
+                still = await live.signed_in()
+            except Exception as exc:  # sessions cannot be checked: stop, the reconnect decides
+                _log.warning("live stream ended", extra={"reason": type(exc).__name__})
+                yield sse("problem", {"message": "Live updates stopped; reload the page."})
+                return
+            if not still:
+                _log.info("live stream ended", extra={"reason": "signed_out"})
+                yield sse("signed-out", {"message": "You are signed out; sign in again."})
+                return
             try:
                 page = await self._service.messages(
                     live.who, live.tenant, live.conversation_id, token, 100

@@ -70,8 +70,9 @@ class SessionStore:
         await self._redis.expire(session.key, min(self._idle, self._max_age))
         return token, session
 
-    async def load(self, token: str) -> Session | None:
-        """The live session of ``token``, its idle time restarted; None when gone."""
+    async def load(self, token: str, *, touch: bool = True) -> Session | None:
+        """The live session of ``token``, its idle time restarted (unless not ``touch``);
+        None when gone."""
         if not token or len(token) > 256:
             return None
         key = self._key(token)
@@ -94,7 +95,8 @@ class SessionStore:
         if age >= self._max_age:
             await self._redis.delete(key)
             return None
-        await self._redis.expire(key, max(1, int(min(self._idle, self._max_age - age))))
+        if touch:
+            await self._redis.expire(key, max(1, int(min(self._idle, self._max_age - age))))
         return session
 
     async def delete(self, session: Session) -> None:

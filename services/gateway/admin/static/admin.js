@@ -41,6 +41,11 @@
       var status = document.getElementById("live-status");
       if (status) { status.textContent = JSON.parse(event.data).message; }
     });
+    source.addEventListener("signed-out", function (event) {
+      source.close();
+      var status = document.getElementById("live-status");
+      if (status) { status.textContent = JSON.parse(event.data).message; }
+    });
     source.addEventListener("open", function () {
       var status = document.getElementById("live-status");
       if (status) { status.textContent = "New messages appear here as they arrive."; }
