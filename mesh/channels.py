@@ -5,6 +5,10 @@ Targets are ``host:port``. In Kubernetes, point them at a headless Service
 balances calls round-robin, which long-lived HTTP/2 connections behind a
 ClusterIP would not. The request id of the current call travels on as
 ``x-request-id``.
+
+With ``MESH_TLS_*`` set (``mesh.tls``) channels speak TLS, and present this
+process's certificate for mutual TLS; the target's host is the name checked
+in the server's certificate unless ``MESH_TLS_SERVER_NAME`` says otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import grpc
 from mesh import tracing
 from mesh.logging import request_id_var
 from mesh.metrics import GRPC_CLIENT_LATENCY
+from mesh.tls import MeshTls
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -62,19 +67,29 @@ class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             return call
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """A channel to another service of the mesh (close it on shutdown)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.enable_retries", 1),
-            # Back within seconds after a peer's outage (gRPC's default waits up to 120 s).
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-        ],
-        interceptors=[_RequestIdInterceptor()],
-    )
+def open_channel(target: str, *, tls: MeshTls | None = None) -> grpc.aio.Channel:
+    """A channel to another service of the mesh (close it on shutdown).
+
+    ``tls`` defaults to ``MeshTls.from_env()``, which raises ``ConfigError``
+    when a certificate file is missing or invalid.
+    """
+    tls = tls if tls is not None else MeshTls.from_env()
+    options: list[tuple[str, Any]] = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ("grpc.enable_retries", 1),
+        # Back within seconds after a peer's outage (gRPC's default waits up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
+    interceptors = [_RequestIdInterceptor()]
+    if tls.enabled:
+        return grpc.aio.secure_channel(
+            target,
+            tls.channel_credentials(),
+            options=[*options, *tls.channel_options()],
+            interceptors=interceptors,
+        )
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

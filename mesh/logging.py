@@ -2,9 +2,10 @@
 
 Secrets never reach a log line: log ids and sizes, not tokens or bodies. As a
 second line of defence every line is passed through ``redact``, which masks
-tokens in URLs (``access_token=``, ``hub.verify_token=``), bearer credentials
-and ``appsecret_proof``, whichever logger wrote them; and the HTTP client
-libraries, which log every request URL at INFO, are held at WARNING.
+tokens in URLs (``access_token=``, ``hub.verify_token=``), passwords in URLs
+(``rediss://user:password@``), bearer credentials and ``appsecret_proof``,
+whichever logger wrote them; and the HTTP client libraries, which log every
+request URL at INFO, are held at WARNING.
 
 User ids appear only as ``hashed(id)``: an HMAC-SHA256 under ``LOG_ID_KEY``
 (or the file ``LOG_ID_KEY_FILE`` names), shared by every service so one
@@ -46,6 +47,8 @@ _SECRET_PATTERNS = (
         re.IGNORECASE,
     ),
     re.compile(r"(\bBearer\s+)[^\s\"'\\,;]+", re.IGNORECASE),
+    # user:password@ in a URL (a REDIS_URL with its password, in an error message).
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@/\s\"']+(?=@)", re.IGNORECASE),
 )
 
 

@@ -8,6 +8,11 @@ and a graceful shutdown on SIGTERM.
     await server.set_serving(True)
     await server.wait_for_termination_signal()
     await server.stop()
+
+Transport security comes from ``MESH_TLS_*`` (``mesh.tls``) unless ``tls`` is
+given. With ``GRPC_HEALTH_PORT`` set, a second, plaintext port serves
+``grpc.health.v1`` and nothing else: Kubernetes' native gRPC probes cannot
+speak TLS, and health is no secret.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh import tracing
+from mesh.config import Env
 from mesh.logging import get_logger, request_id_var
 from mesh.metrics import GRPC_HANDLED, GRPC_LATENCY
+from mesh.tls import MeshTls
 
 _log = get_logger("mesh.server")
 
@@ -129,7 +136,9 @@ class MeshServer:
 
     ``service_names`` are the full names of the services registered on it; they
     are listed by reflection and reported by the health service, NOT_SERVING
-    until ``set_serving(True)``.
+    until ``set_serving(True)``. ``tls`` defaults to ``MeshTls.from_env()``;
+    ``health_port`` to ``GRPC_HEALTH_PORT`` (unset: no health-only port; 0: any
+    free port). Both raise ``ConfigError`` here, at start-up, when misconfigured.
     """
 
     def __init__(
@@ -140,9 +149,16 @@ class MeshServer:
         port: int,
         service_names: Sequence[str],
         max_message_bytes: int = 8 * 1024 * 1024,
+        tls: MeshTls | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.name = name
         self._address = f"{host}:{port}"
+        self.tls = tls if tls is not None else MeshTls.from_env()
+        self._credentials = self.tls.server_credentials() if self.tls.enabled else None
+        if health_port is None and Env().optional("GRPC_HEALTH_PORT"):
+            health_port = Env().integer("GRPC_HEALTH_PORT", 0, minimum=0)
+        self._health_address = f"{host}:{health_port}" if health_port is not None else None
         self._service_names = list(service_names)
         self.grpc = grpc.aio.server(
             interceptors=[MeshInterceptor()],
@@ -158,19 +174,41 @@ class MeshServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self._health_grpc: grpc.aio.Server | None = None
+        if self._health_address is not None:
+            self._health_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
         self.port = 0
+        self.health_port: int | None = None
 
     async def start(self) -> int:
         """Binds, starts, and returns the bound port (useful with port 0)."""
         reflection.enable_server_reflection(
             [*self._service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME], self.grpc
         )
-        self.port = self.grpc.add_insecure_port(self._address)
+        if self._credentials is not None:
+            self.port = self.grpc.add_secure_port(self._address, self._credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(self._address)
         if self.port == 0:
             raise OSError(f"cannot bind {self._address}")
+        if self._health_grpc is not None and self._health_address is not None:
+            self.health_port = self._health_grpc.add_insecure_port(self._health_address)
+            if self.health_port == 0:
+                raise OSError(f"cannot bind {self._health_address} (GRPC_HEALTH_PORT)")
         await self.set_serving(False)
         await self.grpc.start()
-        _log.info("grpc server started", extra={"address": self._address, "port": self.port})
+        if self._health_grpc is not None:
+            await self._health_grpc.start()
+        _log.info(
+            "grpc server started",
+            extra={
+                "address": self._address,
+                "port": self.port,
+                "tls": self.tls.mode,
+                "health_port": self.health_port,
+            },
+        )
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -186,6 +224,8 @@ class MeshServer:
         """Reports NOT_SERVING, lets in-flight RPCs finish within ``grace``, stops."""
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(None)
         _log.info("grpc server stopped", extra={"port": self.port})
 
     async def wait_for_termination_signal(self) -> None:

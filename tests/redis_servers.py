@@ -6,19 +6,31 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support import free_port
 
 
-def _wait_for_ping(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> bool:
+def _auth(username: str | None, password: str | None) -> list[str]:
+    if password is None:
+        return []
+    return [*(["--user", username] if username else []), "--pass", password, "--no-auth-warning"]
+
+
+def _wait_for_ping(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, auth: Sequence[str] = ()
+) -> bool:
     """True once the server answers; False if it exited (its port was taken)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         ping = subprocess.run(
-            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
+            ["redis-cli", "-p", str(port), *auth, "ping"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if ping.stdout.strip() == "PONG":
             return True
@@ -36,9 +48,25 @@ def _is_free(port: int) -> bool:
 
 
 class RedisServer:
-    """``redis-server`` on a free port, append-only, in its own directory."""
+    """``redis-server`` on a free port, append-only, in its own directory.
 
-    def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
+    With ``password``, clients must authenticate: as the ACL user ``username``
+    (the default user is then disabled), or with ``requirepass`` without one.
+    ``args`` are more ``redis-server`` options (a TLS port, say).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        cluster: bool = False,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.username, self.password, self._args = username, password, list(args)
+        self.auth = _auth(username, password)
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         for _ in range(10):  # another process may take a free port before we bind it
@@ -69,8 +97,15 @@ class RedisServer:
         ]  # fmt: skip
         if cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if self.password is not None and self.username:
+            # One word per argument: redis-server quotes each one whole.
+            argv += ["--user", self.username, "on", f">{self.password}", "~*", "&*", "+@all"]
+            argv += ["--user", "default", "off"]
+        elif self.password is not None:
+            argv += ["--requirepass", self.password]
+        argv += self._args
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return _wait_for_ping(self.port, self.proc)
+        return _wait_for_ping(self.port, self.proc, auth=self.auth)
 
     @property
     def url(self) -> str:
@@ -96,11 +131,12 @@ class RedisServer:
 class RedisCluster:
     """Three masters, slots spread by ``redis-cli --cluster create``."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
-        self.nodes = [RedisServer(workdir, cluster=True) for _ in range(masters)]
+    def __init__(self, workdir: Path, masters: int = 3, *, password: str | None = None) -> None:
+        self.nodes = [RedisServer(workdir, cluster=True, password=password) for _ in range(masters)]
+        auth = _auth(None, password)
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"],
+            ["redis-cli", *auth, "--cluster", "create", *addresses, "--cluster-yes"],
             capture_output=True,
             text=True,
             check=True,
@@ -108,7 +144,7 @@ class RedisCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             info = subprocess.run(
-                ["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
+                ["redis-cli", "-p", str(self.nodes[0].port), *auth, "cluster", "info"],
                 capture_output=True,
                 text=True,
                 check=False,

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from mesh import get_logger
 from mesh.channels import open_channel
 from mesh.metrics import serve_metrics
+from mesh.redis_options import redis_options
 from mesh.server import MeshServer
 from mesh.tenants import Tenants
 from services.dialogue.actions import ActionRunner
@@ -37,9 +38,11 @@ async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
     """A client for ``url``: a cluster client when the server is a cluster node.
 
     ``blocking`` clients serve blocking pops, so they have no read time-out;
-    the others fail fast (5 s) when Redis stops answering.
+    the others fail fast (5 s) when Redis stops answering. Credentials and
+    TLS come from ``REDIS_*`` (``mesh.redis_options``).
     """
     timeout = None if blocking else 5.0
+    secured = redis_options(url)
     # A bounded pool that waits for a free connection instead of failing.
     pool = BlockingConnectionPool.from_url(
         url,
@@ -47,8 +50,9 @@ async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
         timeout=5,
         socket_connect_timeout=2,
         socket_timeout=timeout,
+        **secured,
     )
-    single = Redis(connection_pool=pool)
+    single = Redis.from_pool(pool)  # closing the client closes the pool
     try:
         info = await single.info("cluster")
     except RedisError:
@@ -60,6 +64,7 @@ async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
             socket_connect_timeout=2,
             socket_timeout=timeout,
             max_connections=1000 if blocking else 128,
+            **secured,
         )
     return single
 

@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from mesh.redis_options import redis_options
+
 _HIT = """
 local count = redis.call('INCR', KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
@@ -60,6 +62,7 @@ class RedisRateLimiter:
     async def start(self) -> None:
         # Short timeouts: the limiter must never be why a request is slow.
         options: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        options.update(redis_options(self._url))  # credentials and TLS from REDIS_*
         client: aioredis.Redis | aioredis.RedisCluster = aioredis.Redis.from_url(
             self._url, **options
         )

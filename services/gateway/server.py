@@ -5,7 +5,9 @@ from __future__ import annotations
 import uvicorn
 from starlette.applications import Starlette
 
+from mesh.redis_options import redis_options
 from mesh.tenants import Tenants
+from mesh.tls import MeshTls
 from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
 from services.gateway.app import create_app
 from services.gateway.dialogue import GrpcDialogueClient
@@ -18,6 +20,10 @@ def build_app(
     settings: GatewaySettings, tenants: Tenants, admin_settings: AdminSettings | None = None
 ) -> Starlette:
     """The gateway with its real dependencies; raises ``ConfigError`` on a bad setting."""
+    # Channels and Redis clients open in the lifespan: check their files now,
+    # so a missing certificate or password file stops the start, not a request.
+    MeshTls.from_env()
+    redis_options(settings.redis_url)
     limits = settings.user_rate_limit or settings.tenant_rate_limit
     admin = create_admin_app(
         admin_settings or AdminSettings.from_env(),

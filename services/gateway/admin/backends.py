@@ -18,6 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from mesh.channels import open_channel
+from mesh.redis_options import redis_options
 from services.gateway.admin.errors import BackendUnavailable
 from services.gateway.admin.users import RedisClient
 
@@ -51,8 +52,12 @@ class StaticBackends:
 
 
 async def connect_redis(url: str) -> RedisClient:
-    """A client for ``url``: a cluster client when the server is a cluster node."""
+    """A client for ``url``: a cluster client when the server is a cluster node.
+
+    Credentials and TLS come from ``REDIS_*`` (``mesh.redis_options``).
+    """
     options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    options.update(redis_options(url))
     client: RedisClient = Redis.from_url(url, **options)
     try:
         info = await client.info("cluster")
