@@ -101,12 +101,12 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
         settings.store.holder,
         timeout_s=settings.chatlog_timeout_s,
         blocking=blocking_redis,
+        shards=settings.store.shards,
     )
     server = MeshServer(
         "dialogue",
         host=settings.host,
         port=settings.port,
-        shards=settings.store.shards,
         service_names=[SERVICE_NAME] if settings.serves_api else [],
     )
     if settings.serves_api:
