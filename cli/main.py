@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli import REPO
+from cli.data import erase_user, retention_app
 from cli.users import users_app
 
 app = typer.Typer(
@@ -22,6 +23,8 @@ tenants_app = typer.Typer(help="Check the tenants configuration.")
 app.add_typer(dead_letters, name="dead-letters")
 app.add_typer(users_app, name="users")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(retention_app, name="retention")
+app.command("erase-user")(erase_user)
 
 
 def _nlu_python() -> str:

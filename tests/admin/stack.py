@@ -196,6 +196,15 @@ class Stack:
         )
         assert all(r.status == dialogue_pb.SUBMIT_STATUS_ACCEPTED for r in reply.results)
 
+    def talk(self, tenant: str, user_id: str) -> str:
+        """``user_id`` says hello on ``tenant``'s page; the conversation, once answered."""
+        self.submit(event(tenant, user_id, f"m-{tenant}-{user_id}-1", "hello there"))
+        conversation = f"1:{user_id}"
+        wait_for(
+            lambda: len(self.transcript(tenant, conversation)) >= 2, what=f"a reply on {tenant}"
+        )
+        return conversation
+
     def transcript(self, tenant: str, conversation_id: str) -> list[chatlog_pb.ChatMessage]:
         try:
             reply = self.chatlog_stub.ListMessages(

@@ -3,8 +3,9 @@
 Administrators sign in (users in Redis, scrypt hashes, sessions with CSRF
 tokens, growing delays after failed logins), then read the conversations of the
 tenants granted to them, follow transcripts live, look at stats, replay dead
-letters, take conversations over and answer as agents, and export training
-data. See `create_admin_app` for mounting it into the gateway.
+letters, take conversations over and answer as agents, export training
+data, set how long messages are kept and erase one customer's data. See
+`create_admin_app` for mounting it into the gateway.
 """
 
 from services.gateway.admin.app import AdminConsole, create_admin_app

@@ -24,7 +24,7 @@ from services.gateway.admin.guard import identity
 from services.gateway.admin.live import Follower, LiveRequest
 from services.gateway.admin.openapi import document
 from services.gateway.admin.pages import SEARCH_DAYS, export_filter
-from services.gateway.admin.service import ConversationFilter
+from services.gateway.admin.service import MAX_RETENTION_DAYS, ConversationFilter
 
 if TYPE_CHECKING:
     from services.gateway.admin.app import AdminConsole
@@ -55,6 +55,9 @@ class Api:
             Route(f"{t}/dead-letters/{{dead_letter_id}}/replay", self.replay, methods=["POST"]),
             Route(f"{t}/training-data", self.training, methods=["GET"]),
             Route(f"{t}/training-data.yml", self.training_yaml, methods=["GET"]),
+            Route(f"{t}/retention", self.retention, methods=["GET"]),
+            Route(f"{t}/retention", self.set_retention, methods=["POST"]),
+            Route(f"{t}/erase", self.erase, methods=["POST"]),
         ]
 
     def _tenant(self, request: Request) -> tuple[Identity, str]:
@@ -252,3 +255,25 @@ class Api:
                 "X-Truncated": "true" if found.truncated else "false",
             },
         )
+
+    async def retention(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        return JSONResponse(to_json(await self._console.service.retention(who, tenant)))
+
+    async def set_retention(self, request: Request) -> Response:
+        who, tenant, form = await self._post(request)
+        days = params.integer(form, "days", -1, 0, MAX_RETENTION_DAYS)
+        if days < 0:
+            raise BadInput("days is required (0 keeps messages until deleted)")
+        found = await self._console.service.set_retention(who, tenant, days)
+        return JSONResponse(to_json(found))
+
+    async def erase(self, request: Request) -> Response:
+        who, tenant, form = await self._post(request)
+        user_id = params.text(form, "user_id", limit=400)
+        if not user_id:
+            raise BadInput("user_id is required")
+        if params.text(form, "confirm", limit=400) != user_id:
+            raise BadInput("confirm must repeat user_id: erasing cannot be undone")
+        found = await self._console.service.erase_user(who, tenant, params.channel(form), user_id)
+        return JSONResponse(to_json(found))

@@ -105,7 +105,7 @@ def _document() -> dict[str, Any]:
             "live updates, stats, dead letters, hand-off and the training-data export. Sign in "
             "at /admin/login; the session cookie authenticates every call, and every POST also "
             "needs the session's CSRF token (from GET /me) in the X-CSRF-Token header. Viewers "
-            "read; admins also act (replay, hand-off, agent messages).",
+            "read; admins also act (replay, hand-off, agent messages, retention, erasure).",
         },
         "servers": [{"url": "/api/admin"}],
         "security": [{"session": []}],
@@ -271,6 +271,47 @@ def _document() -> dict[str, Any]:
                         },
                     ],
                     "responses": _action(_proto("chatbot.dialogue.v1.ReplayDeadLetterResponse")),
+                }
+            },
+            f"{t}/retention": {
+                "get": {
+                    "summary": "How long the tenant's messages are kept (admins only).",
+                    "parameters": [_TENANT],
+                    "responses": _action(_proto("chatbot.chatlog.v1.RetentionPolicy")),
+                },
+                "post": {
+                    "summary": "Set how long messages stored from now on are kept (admins only).",
+                    "security": csrf,
+                    "parameters": [_TENANT],
+                    "requestBody": _body(
+                        {
+                            "days": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "Days after storing; 0 keeps until deleted.",
+                            }
+                        },
+                        ["days"],
+                    ),
+                    "responses": _action(_proto("chatbot.chatlog.v1.RetentionPolicy")),
+                },
+            },
+            f"{t}/erase": {
+                "post": {
+                    "summary": "Erase one customer's messages and conversations (admins only).",
+                    "description": "Cannot be undone; `confirm` must repeat `user_id` (else "
+                    "400). Without `channel`, every channel. Leaves an audit log line.",
+                    "security": csrf,
+                    "parameters": [_TENANT],
+                    "requestBody": _body(
+                        {
+                            "channel": {"type": "string", "enum": ["messenger", "api"]},
+                            "user_id": {"type": "string"},
+                            "confirm": {"type": "string", "description": "`user_id` again."},
+                        },
+                        ["user_id", "confirm"],
+                    ),
+                    "responses": _action(_proto("chatbot.chatlog.v1.DeleteUserDataResponse")),
                 }
             },
             f"{t}/training-data": {

@@ -39,7 +39,12 @@ from services.gateway.admin.errors import (
     NotFound,
 )
 from services.gateway.admin.guard import identity
-from services.gateway.admin.service import ConversationFilter, ExportFilter
+from services.gateway.admin.service import (
+    DAY_SECONDS,
+    MAX_RETENTION_DAYS,
+    ConversationFilter,
+    ExportFilter,
+)
 from services.gateway.admin.summaries import event_summary
 
 if TYPE_CHECKING:
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 
 API_PREFIX = "/api/admin"
 PAGES_PREFIX = "/admin"
-SECTIONS = ("conversations", "handoffs", "stats", "dead-letters", "training-data")
+SECTIONS = ("conversations", "handoffs", "stats", "dead-letters", "training-data", "data")
 SEARCH_DAYS = 7
 NOTICES = {
     "signed-out": "You are signed out.",
@@ -55,6 +60,8 @@ NOTICES = {
     "released": "The bot answers this conversation again.",
     "sent": "Your message was sent.",
     "replayed": "The event is queued again.",
+    "retention-set": "The retention period is saved; it applies to messages stored from now on.",
+    "erased": "The customer's data is erased.",
 }
 _log = get_logger("gateway.admin")
 _HEADINGS = {
@@ -99,6 +106,9 @@ class Pages:
             Route("/t/{tenant}/dead-letters", self.dead_letters, methods=["GET"]),
             Route("/t/{tenant}/dead-letters/replay", self.replay, methods=["POST"]),
             Route("/t/{tenant}/training-data", self.training, methods=["GET"]),
+            Route("/t/{tenant}/data", self.data, methods=["GET"]),
+            Route("/t/{tenant}/data/retention", self.set_retention, methods=["POST"]),
+            Route("/t/{tenant}/data/erase", self.erase, methods=["POST"]),
             Mount("/static", app=StaticFiles(packages=[("services.gateway.admin", "static")])),
         ]
 
@@ -504,6 +514,79 @@ class Pages:
             },
             args={k: v for k, v in q.items() if k != "done" and v},
             export=export,
+        )
+
+    # ---- retention and erasure (admins) -------------------------------------
+
+    async def data(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        who.require_admin()
+        policy = await self._console.service.retention(who, tenant)
+        q = params.query(request)
+        erased = None
+        if q.get("done") == "erased":
+            erased = {
+                "messages": params.integer(q, "messages", 0, 0, 2**62),
+                "conversations": params.integer(q, "conversations", 0, 0, 2**62),
+            }
+        return self._html(
+            request,
+            "data.html",
+            tenant=tenant,
+            section="data",
+            policy=policy,
+            days=policy.message_ttl.seconds // DAY_SECONDS,
+            max_days=MAX_RETENTION_DAYS,
+            erased=erased,
+            confirm=None,
+        )
+
+    async def set_retention(self, request: Request) -> Response:
+        who, tenant = self._tenant(request)
+        who.require_admin()
+        form = await self._post_form(request, who)
+        days = params.integer(form, "days", -1, 0, MAX_RETENTION_DAYS)
+        if days < 0:
+            raise BadInput("days is required (0 keeps messages until deleted)")
+        await self._console.service.set_retention(who, tenant, days)
+        return self._redirect(f"/t/{tenant}/data", done="retention-set")
+
+    async def erase(self, request: Request) -> Response:
+        """First the confirmation page; erases only when the id is typed again."""
+        who, tenant = self._tenant(request)
+        who.require_admin()
+        form = await self._post_form(request, who)
+        user_id = params.text(form, "user_id", limit=400)
+        if not user_id:
+            raise BadInput("which customer? (user_id is missing)")
+        channel = params.channel(form)
+        confirm = params.text(form, "confirm", limit=400)
+        service = self._console.service
+        if confirm != user_id:
+            found = await service.conversations(
+                who, tenant, ConversationFilter(channel=channel, user_id=user_id), "", 50
+            )
+            name = params.CHANNEL_NAMES.get(channel, "")
+            return self._html(
+                request,
+                "data.html",
+                status=400 if confirm else 200,
+                tenant=tenant,
+                section="data",
+                problem="The id typed does not match; nothing was erased." if confirm else "",
+                confirm={
+                    "user_id": user_id,
+                    "channel": name,
+                    "channel_label": name or "every channel",
+                    "conversations": list(found.conversations),
+                },
+            )
+        result = await service.erase_user(who, tenant, channel, user_id)
+        return self._redirect(
+            f"/t/{tenant}/data",
+            done="erased",
+            messages=str(result.deleted_message_count),
+            conversations=str(result.deleted_conversation_count),
         )
 
 

@@ -4,6 +4,10 @@ Each operation takes the signed-in `Identity`, checks the tenant is granted
 (and the admin role for actions), calls the chatlog or the dialogue service
 with the console's deadline, and turns gRPC errors into the console's error
 tree. Nothing here knows about HTML or JSON.
+
+Changes to a tenant's data (retention, erasure) leave an audit line on the
+``gateway.admin.audit`` logger: who, which tenant, what, and the result; the
+erased customer appears only as the keyed hash every log uses.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import grpc
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
+from google.protobuf.duration_pb2 import Duration
 
 from mesh import get_logger
+from mesh.logging import hashed
 from services.gateway.admin.auth import Identity
 from services.gateway.admin.backends import Backends
 from services.gateway.admin.errors import (
@@ -35,7 +41,10 @@ from services.gateway.admin.settings import AdminSettings
 
 _T = TypeVar("_T")
 _log = get_logger("gateway.admin")
+_audit = get_logger("gateway.admin.audit")
 MAX_SEARCH_DAYS = 31
+MAX_RETENTION_DAYS = 20 * 366  # longer policies are stored as "20 years" by the chatlog
+DAY_SECONDS = 86400
 MAX_STATS_DAYS = 366
 
 
@@ -281,3 +290,58 @@ class ConsoleService:
         return await rpc(
             self._backends.dialogue.SendAgentMessage(request, timeout=self._settings.agent_timeout)
         )
+
+    # ---- the tenant's data (admins) -------------------------------------------
+
+    async def retention(self, who: Identity, tenant: str) -> chatlog_pb.RetentionPolicy:
+        who.require_admin()
+        request = chatlog_pb.GetRetentionPolicyRequest(tenant_id=who.require_tenant(tenant))
+        reply = await rpc(self._backends.chatlog.GetRetentionPolicy(request, timeout=self._timeout))
+        return reply.policy
+
+    async def set_retention(
+        self, who: Identity, tenant: str, days: int
+    ) -> chatlog_pb.RetentionPolicy:
+        """Keeps messages stored from now on ``days`` days; 0 keeps them until deleted."""
+        who.require_admin()
+        if not 0 <= days <= MAX_RETENTION_DAYS:
+            raise BadInput(f"days must be between 0 (keep until deleted) and {MAX_RETENTION_DAYS}")
+        policy = chatlog_pb.RetentionPolicy(
+            tenant_id=who.require_tenant(tenant), message_ttl=Duration(seconds=days * DAY_SECONDS)
+        )
+        reply = await rpc(
+            self._backends.chatlog.SetRetentionPolicy(
+                chatlog_pb.SetRetentionPolicyRequest(policy=policy), timeout=self._timeout
+            )
+        )
+        _audit.info(
+            "audit: retention set",
+            extra={"action": "set_retention", "admin": who.name, "tenant": tenant, "days": days},
+        )
+        return reply.policy
+
+    async def erase_user(
+        self, who: Identity, tenant: str, channel: int, user_id: str
+    ) -> chatlog_pb.DeleteUserDataResponse:
+        """Deletes a customer's messages and conversations (every channel when unspecified)."""
+        who.require_admin()
+        if not user_id:
+            raise BadInput("user_id is required")
+        request = chatlog_pb.DeleteUserDataRequest(
+            tenant_id=who.require_tenant(tenant), user_id=user_id
+        )
+        request.channel = channel  # type: ignore[assignment]
+        reply = await rpc(self._backends.chatlog.DeleteUserData(request, timeout=self._timeout * 4))
+        _audit.info(
+            "audit: customer data erased",
+            extra={
+                "action": "erase_user",
+                "admin": who.name,
+                "tenant": tenant,
+                "user": hashed(user_id),
+                "channel": event_pb2.Channel.Name(channel),  # type: ignore[arg-type]
+                "messages": reply.deleted_message_count,
+                "conversations": reply.deleted_conversation_count,
+            },
+        )
+        return reply
