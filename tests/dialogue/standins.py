@@ -53,6 +53,8 @@ class GraphApi:
     (they arrived) and their connections close without an answer, as when an
     answer is lost on its way back; ``answer_delay_s`` holds answers back after
     recording the message, and ``GET /me`` (a breaker's probe) as well.
+    ``on_message`` is called with each message once it is recorded, before it
+    is answered: it may hold that one answer back, or pause its sender.
     """
 
     port: int = 0
@@ -67,6 +69,7 @@ class GraphApi:
     close_connections: bool = False
     lose_answers: int = 0  # how many of the next messages arrive and get no answer
     answer_delay_s: float = 0.0  # after a message is recorded (it arrived), and for GET /me
+    on_message: Callable[[SentMessage], None] | None = None
     probe_status: int = 200
     probes: int = 0  # GET /me: the breaker asking whether the API answers
     peers: set[int] = field(default_factory=set)  # client ports: one per connection
@@ -120,17 +123,18 @@ class GraphApi:
                     return self._reply(*failure)
                 message = body.get("message", {})
                 metadata = json.loads(message.get("metadata") or "{}")
+                sent = SentMessage(
+                    recipient=body["recipient"]["id"],
+                    text=message.get("text", ""),
+                    in_reply_to=metadata.get("in_reply_to", ""),
+                    body=body,
+                    time=time.monotonic(),
+                )
                 with api.lock:
-                    api.sent.append(
-                        SentMessage(
-                            recipient=body["recipient"]["id"],
-                            text=message.get("text", ""),
-                            in_reply_to=metadata.get("in_reply_to", ""),
-                            body=body,
-                            time=time.monotonic(),
-                        )
-                    )
+                    api.sent.append(sent)
                     count = len(api.sent)
+                if api.on_message is not None:
+                    api.on_message(sent)
                 with api.lock:
                     lose = api.lose_answers > 0
                     api.lose_answers -= lose
@@ -196,6 +200,7 @@ class GraphApi:
         self.answer_delay_s = 0.0
         self.close_connections = False
         self.lose_answers = 0
+        self.on_message = None
         self.probe_status = 200
         self.probes = 0
         self.peers.clear()
