@@ -1,37 +1,57 @@
 """What happens to one queued item, under its user's lease.
 
-An event: understand it (NLU, or the payload of a button), decide the
-replies (responses, slots, actions), log the inbound message and the replies,
-send the replies one by one, then dequeue. Each step that has an effect
-outside this process first checks that the lease is still ours.
+An event: understand it (NLU, or the payload of a button), ask the policy
+for the replies (running an action when it says so), map the turn to chatlog
+records, send the replies one by one, then dequeue. Each step that has an
+effect outside this process first checks that the lease is still ours. What
+to answer is ``policy``'s; what the chatlog keeps is ``records``'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
-from chatbot.common.v1 import event_pb2, nlu_result_pb2
+from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
-from services.dialogue import metrics
+from services.dialogue import metrics, policy
 from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import OutboundChannel, SendError, SendHeld
-from services.dialogue.clients import Chatlog, Nlu, NluUnavailable, Understanding
-from services.dialogue.domain import Domain, ResponseSpec
+from services.dialogue.clients import Chatlog, Nlu, NluUnavailable
+from services.dialogue.domain import Domain
 from services.dialogue.keys import UserId
+from services.dialogue.policy import Outcome
+from services.dialogue.records import (
+    Turn,
+    agent_record,
+    conversation_id,
+    duration_ms,
+    received_ms,
+    storable_ms,
+    timestamp_ms,
+    turn_records,
+)
+from services.dialogue.records import user_ref as _user_ref
 from services.dialogue.store import DialogueStore, Head, Lease
+
+__all__ = [
+    "RESULT_AGENT",
+    "RESULT_CONVERSE",
+    "RESULT_DEAD",
+    "RESULT_REFUSED",
+    "Processor",
+    "_user_ref",
+    "conversation_id",
+    "storable_ms",
+]
 
 _log = get_logger("dialogue.processor")
 
@@ -39,81 +59,6 @@ RESULT_CONVERSE = b"C"
 RESULT_AGENT = b"A"
 RESULT_DEAD = b"E"
 RESULT_REFUSED = b"P"
-
-_ATTACHMENT_MESSAGE_TYPES = {
-    event_pb2.ATTACHMENT_TYPE_IMAGE: chatlog_pb.MESSAGE_TYPE_IMAGE,
-    event_pb2.ATTACHMENT_TYPE_AUDIO: chatlog_pb.MESSAGE_TYPE_AUDIO,
-    event_pb2.ATTACHMENT_TYPE_VIDEO: chatlog_pb.MESSAGE_TYPE_VIDEO,
-    event_pb2.ATTACHMENT_TYPE_FILE: chatlog_pb.MESSAGE_TYPE_FILE,
-    event_pb2.ATTACHMENT_TYPE_FALLBACK: chatlog_pb.MESSAGE_TYPE_LINK,
-    event_pb2.ATTACHMENT_TYPE_TEMPLATE: chatlog_pb.MESSAGE_TYPE_TEMPLATE,
-    event_pb2.ATTACHMENT_TYPE_STICKER: chatlog_pb.MESSAGE_TYPE_STICKER,
-    event_pb2.ATTACHMENT_TYPE_LOCATION: chatlog_pb.MESSAGE_TYPE_LOCATION,
-}
-
-
-def _user_ref(user: UserId) -> event_pb2.UserRef:
-    ref = event_pb2.UserRef(tenant_id=user.tenant_id, user_id=user.user_id)
-    ref.channel = user.channel  # type: ignore[assignment]
-    return ref
-
-
-def conversation_id(user: UserId) -> str:
-    return f"{user.channel}:{user.user_id}"
-
-
-def _timestamp_ms(ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
-
-
-# The chatlog keeps times from 1970 to 2200; an event's own times outside that
-# range (a client's mistake) give way to the time it was received or queued,
-# or its record could never be written and the event would dead-letter.
-_LATEST_MS = 7_258_118_400_000
-
-
-def storable_ms(stamp: Timestamp) -> int | None:
-    """The time in ms when the chatlog can keep it, else None."""
-    if not 0 <= stamp.nanos < 1_000_000_000:
-        return None
-    ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
-    return ms if 0 <= ms < _LATEST_MS else None
-
-
-def _duration_ms(ms: int) -> Duration:
-    span = Duration()
-    span.FromMilliseconds(max(0, ms))
-    return span
-
-
-@dataclass
-class Outcome:
-    """What processing an item produced, before it is logged and sent."""
-
-    replies: list[event_pb2.Reply] = field(default_factory=list)
-    understanding: Understanding | None = None
-    slots: dict[str, str] = field(default_factory=dict)
-    handoff: dict[str, str] | None = None
-
-
-def _payload_intent(payload: str, domain: Domain) -> tuple[str, dict[str, str]] | None:
-    """``/intent`` or ``/intent{"entity": "value"}`` (Rasa's convention), or a mapped payload."""
-    if payload.startswith("/") and len(payload) > 1:
-        name, _, rest = payload[1:].partition("{")
-        entities: dict[str, str] = {}
-        if rest:
-            try:
-                parsed = json.loads("{" + rest)
-                entities = {str(k): str(v) for k, v in parsed.items()}
-            except (ValueError, AttributeError):
-                entities = {}
-        return name.strip(), entities
-    if payload in domain.payloads:
-        return domain.payloads[payload], {}
-    return None
-
 
 # Marks of sent replies that outlive a cancelled turn, kept until they end.
 _DELIVERIES: set[asyncio.Future[None]] = set()
@@ -158,189 +103,112 @@ class Processor:
     # ---- events -----------------------------------------------------------
 
     async def _event(self, lease: Lease, head: Head) -> int:
-        started_ms = int(time.time() * 1000)
+        started_ms = _now_ms()
         event = event_pb2.ChatEvent.FromString(head.item.payload)
         tenant = self._tenant(lease.user.tenant_id)
         domain = self._domains[tenant.id]
         handed_off = head.handoff.get("active") == "1"
-        kind = event.WhichOneof("kind")
-        answerable = (
-            kind in ("message", "postback")
-            and not event.standby
-            and not (kind == "message" and event.message.is_echo)
+        outcome = policy.SILENT
+        if policy.answerable(event) and not handed_off:
+            outcome = await self._answer(lease.user, tenant, domain, event, head.slots)
+        turn = Turn(
+            user=lease.user,
+            fencing_token=lease.token,
+            handed_off=handed_off,
+            received_ms=received_ms(event, head.item.enqueue_ms),
+            started_ms=started_ms,
+            respond_ms=_now_ms(),
         )
-        outcome = Outcome()
-        if answerable and not handed_off:
-            outcome = await self._decide(lease.user, tenant, domain, event, head)
-        respond_ms = int(time.time() * 1000)
+        records = turn_records(turn, event, outcome)
+        outbox = await self._deliver(lease, tenant, head, outcome, event.event_id, records)
+        return await self._store.complete(
+            lease,
+            head,
+            RESULT_CONVERSE + _converse_response(event, outcome, turn).SerializeToString(),
+            slots=dict(outcome.slots),
+            handoff=outcome.handoff.fields() if outcome.handoff else None,
+            records=outbox,
+            traceparent=tracing.current_traceparent() if outbox else "",
+        )
 
-        records = self._inbound_records(
-            lease, head, event, outcome, handed_off, started_ms, respond_ms
-        )
-        for index, reply in enumerate(outcome.replies):
-            reply.reply_id = f"{event.event_id}:r{index}"
-            records.append(
-                self._outbound_record(lease, reply, event.event_id, respond_ms, handed_off)
-            )
-        # The replies never wait for storage. On a single Redis the records
-        # leave with the completion, into the outbox its writer drains in
-        # batches; under Redis Cluster (the outbox is on another node) they are
-        # written while the replies go out, and the item completes after both.
-        outbox = b""
+    async def _deliver(
+        self,
+        lease: Lease,
+        tenant: Tenant,
+        head: Head,
+        outcome: Outcome,
+        in_reply_to: str,
+        records: list[chatlog_pb.ChatMessage],
+    ) -> bytes:
+        """Sends the replies and has the records written; returns what goes to the outbox.
+
+        The replies never wait for storage. On a single Redis the records
+        leave with the completion, into the outbox its writer drains in
+        batches; under Redis Cluster (the outbox is on another node) they are
+        written while the replies go out, and the item completes after both."""
+        replies = list(outcome.replies)
         if self._store.single_node:
             try:
-                await self._send(lease, tenant, head, outcome.replies, event.event_id)
+                await self._send(lease, tenant, head, replies, in_reply_to)
             except Exception:
                 # The item will be tried again, or dead-lettered: the message
                 # is in the chatlog either way (appends are idempotent).
                 with contextlib.suppress(Exception):
                     await self._record(records)
                 raise
-            if records:
-                outbox = chatlog_pb.AppendMessagesRequest(messages=records).SerializeToString()
-        else:
-            await self._store.ensure(lease)
-            stored, sent = await asyncio.gather(
-                self._record(records),
-                self._send(lease, tenant, head, outcome.replies, event.event_id),
-                return_exceptions=True,
-            )
-            for failure in (sent, stored):
-                if isinstance(failure, BaseException):
-                    raise failure
-
-        understanding = outcome.understanding
-        result = pb.ConverseResponse(
-            event_id=event.event_id,
-            replies=outcome.replies,
-            fencing_token=lease.token,
-            handed_off=handed_off,
-            processing_duration=_duration_ms(respond_ms - self._received_ms(event, head)),
+            if not records:
+                return b""
+            return chatlog_pb.AppendMessagesRequest(messages=records).SerializeToString()
+        await self._store.ensure(lease)
+        stored, sent = await asyncio.gather(
+            self._record(records),
+            self._send(lease, tenant, head, replies, in_reply_to),
+            return_exceptions=True,
         )
-        if understanding is not None:
-            result.intent.CopyFrom(understanding.intent)
-            result.intent_ranking.extend(understanding.ranking)
-            result.entities.extend(understanding.entities)
-            result.is_fallback = understanding.is_fallback
-            result.model_version = understanding.model_version
-        handoff = outcome.handoff
-        return await self._store.complete(
-            lease,
-            head,
-            RESULT_CONVERSE + result.SerializeToString(),
-            slots=outcome.slots,
-            handoff=handoff,
-            records=outbox,
-            traceparent=tracing.current_traceparent() if outbox else "",
-        )
+        for failure in (sent, stored):
+            if isinstance(failure, BaseException):
+                raise failure
+        return b""
 
     async def _record(self, records: list[chatlog_pb.ChatMessage]) -> None:
         if records:
             with metrics.STAGE_SECONDS.labels("chatlog").time():
                 await self._chatlog.append(records)
 
-    async def _decide(
-        self, user: UserId, tenant: Tenant, domain: Domain, event: event_pb2.ChatEvent, head: Head
+    async def _answer(
+        self,
+        user: UserId,
+        tenant: Tenant,
+        domain: Domain,
+        event: event_pb2.ChatEvent,
+        slots: Mapping[str, str],
     ) -> Outcome:
-        outcome = Outcome()
-        text, payload = "", ""
-        if event.HasField("postback"):
-            text, payload = event.postback.title, event.postback.payload
-        else:
-            text, payload = event.message.text, event.message.quick_reply_payload
-        forced = _payload_intent(payload, domain) if payload else None
-        if forced is not None:
-            name, values = forced
-            outcome.understanding = Understanding(
-                intent=nlu_result_pb2.Intent(name=name, confidence=1.0),
-                ranking=[nlu_result_pb2.Intent(name=name, confidence=1.0)],
-                entities=[
-                    nlu_result_pb2.Entity(entity=k, value=v, extractor="payload")
-                    for k, v in values.items()
-                ],
-            )
-        elif text.strip() or payload:
-            try:
-                with metrics.STAGE_SECONDS.labels("nlu").time():
-                    outcome.understanding = await self._nlu.parse(
-                        text.strip() or payload, tenant.id
-                    )
-            except NluUnavailable as exc:
-                _log.warning(
-                    "NLU unavailable: answering with nlu_unavailable", extra={"error": str(exc)}
-                )
-                outcome.understanding = Understanding(
-                    intent=nlu_result_pb2.Intent(), is_fallback=True
-                )
-                outcome.replies = self._render(
-                    domain, "nlu_unavailable", head.slots, event.event_id
-                )
-                if not outcome.replies:
-                    outcome.replies = self._render(domain, "fallback", head.slots, event.event_id)
-                return outcome
-        else:
-            outcome.replies = self._render(domain, "attachment", head.slots, event.event_id)
-            return outcome
+        """Understands the event, then asks the policy, running the action it names."""
+        understood = await self._understand(tenant, policy.read(domain, event))
+        decision = policy.decide(domain, event, slots, understood, now_ms=_now_ms())
+        if isinstance(decision, Outcome):
+            return decision
+        channel = self._channels.get(user.channel)
+        if channel is not None:
+            await channel.typing(tenant, user.user_id)
+        with (
+            tracing.span(f"action.{decision.action.name}", kind="client"),
+            metrics.STAGE_SECONDS.labels("action").time(),
+        ):
+            result = await self._actions.run(decision.action, decision.values)
+        return policy.after_action(domain, event, decision, result)
 
-        understanding = outcome.understanding
-        assert understanding is not None
-        values = dict(head.slots)
-        for entity in understanding.entities:
-            values[entity.entity] = entity.value
-            if entity.entity in domain.slots:
-                outcome.slots[entity.entity] = entity.value
-        intent = understanding.intent.name
-        if understanding.is_fallback or not intent or intent == domain.fallback_intent:
-            outcome.replies = self._render(domain, "fallback", values, event.event_id)
-            return outcome
-        if intent == domain.handoff_intent:
-            outcome.handoff = {
-                "active": "1",
-                "reason": f"intent {intent}",
-                "agent_id": "",
-                "time": str(int(time.time() * 1000)),
-            }
-        action_name = domain.intent_actions.get(intent)
-        if action_name:
-            spec = domain.actions[action_name]
-            channel = self._channels.get(user.channel)
-            if channel is not None:
-                await channel.typing(tenant, user.user_id)
-            with (
-                tracing.span(f"action.{spec.name}", kind="client"),
-                metrics.STAGE_SECONDS.labels("action").time(),
-            ):
-                result = await self._actions.run(spec, values)
-            values.update(result.values)
-            specs = domain.choose(result.response, values, event.event_id, spec.responses)
-            outcome.replies = [self._reply(s, values) for s in specs]
-        elif intent in domain.responses:
-            outcome.replies = self._render(domain, intent, values, event.event_id)
-        else:
-            outcome.replies = self._render(domain, "fallback", values, event.event_id)
-        return outcome
-
-    def _render(
-        self, domain: Domain, name: str, values: Mapping[str, str], seed: str
-    ) -> list[event_pb2.Reply]:
-        return [self._reply(spec, values) for spec in domain.choose(name, values, seed)]
-
-    @staticmethod
-    def _reply(spec: ResponseSpec, values: Mapping[str, str]) -> event_pb2.Reply:
-        reply = event_pb2.Reply(text=spec.text.format_map(dict(values)) if spec.text else "")
-        if spec.image:
-            reply.attachments.append(
-                event_pb2.Attachment(
-                    type=event_pb2.ATTACHMENT_TYPE_IMAGE, url=spec.image.format_map(dict(values))
-                )
+    async def _understand(self, tenant: Tenant, reading: policy.Reading) -> policy.Understood:
+        if not isinstance(reading, policy.Parse):
+            return reading
+        try:
+            with metrics.STAGE_SECONDS.labels("nlu").time():
+                return await self._nlu.parse(reading.text, tenant.id)
+        except NluUnavailable as exc:
+            _log.warning(
+                "NLU unavailable: answering with nlu_unavailable", extra={"error": str(exc)}
             )
-        for quick in spec.quick_replies:
-            reply.quick_replies.append(
-                event_pb2.QuickReply(
-                    title=quick.title, payload=quick.payload, image_url=quick.image_url
-                )
-            )
-        return reply
+            return policy.NluDown()
 
     async def _send(
         self,
@@ -419,114 +287,6 @@ class Processor:
                 step.add_done_callback(_report_detached)
                 raise
 
-    def _received_ms(self, event: event_pb2.ChatEvent, head: Head) -> int:
-        if event.HasField("receive_time"):
-            received = storable_ms(event.receive_time)
-            if received is not None:
-                return received
-        return head.item.enqueue_ms
-
-    def _inbound_records(
-        self,
-        lease: Lease,
-        head: Head,
-        event: event_pb2.ChatEvent,
-        outcome: Outcome,
-        handed_off: bool,
-        started_ms: int,
-        respond_ms: int,
-    ) -> list[chatlog_pb.ChatMessage]:
-        kind = event.WhichOneof("kind")
-        if kind in ("delivery", "read"):
-            return []  # receipts: counted, not shown in transcripts
-        if kind == "message" and event.message.is_echo and "in_reply_to" in event.message.metadata:
-            return []  # the echo of one of our own replies, already logged as outbound
-        received_ms = self._received_ms(event, head)
-        record = chatlog_pb.ChatMessage(
-            user=event.user,
-            conversation_id=conversation_id(lease.user),
-            message_id=event.event_id,
-            direction=chatlog_pb.DIRECTION_INBOUND,
-            author=chatlog_pb.AUTHOR_USER,
-            handed_off=handed_off,
-            fencing_token=lease.token,
-            raw_event=event,
-        )
-        storable = event.HasField("event_time") and storable_ms(event.event_time) is not None
-        record.create_time.CopyFrom(event.event_time if storable else _timestamp_ms(received_ms))
-        record.received_time.CopyFrom(_timestamp_ms(received_ms))
-        record.respond_time.CopyFrom(_timestamp_ms(respond_ms))
-        record.processing_duration.CopyFrom(_duration_ms(respond_ms - received_ms))
-        record.queue_duration.CopyFrom(_duration_ms(started_ms - received_ms))
-        if kind == "message":
-            message = event.message
-            record.text = message.text
-            record.attachments.extend(message.attachments)
-            record.referenced_message_id = message.reply_to_mid
-            if message.is_echo:
-                record.direction = chatlog_pb.DIRECTION_OUTBOUND
-                record.author = chatlog_pb.AUTHOR_PAGE
-            if message.quick_reply_payload:
-                record.type = chatlog_pb.MESSAGE_TYPE_QUICK_REPLY
-                record.payload = message.quick_reply_payload
-            elif message.attachments:
-                record.type = _ATTACHMENT_MESSAGE_TYPES.get(
-                    message.attachments[0].type, chatlog_pb.MESSAGE_TYPE_FILE
-                )
-            else:
-                record.type = chatlog_pb.MESSAGE_TYPE_TEXT
-        elif kind == "postback":
-            record.type = chatlog_pb.MESSAGE_TYPE_POSTBACK
-            record.text = event.postback.title
-            record.payload = event.postback.payload
-        elif kind == "reaction":
-            record.type = chatlog_pb.MESSAGE_TYPE_REACTION
-            record.text = event.reaction.emoji or event.reaction.reaction
-            record.referenced_message_id = event.reaction.mid
-        else:
-            record.type = chatlog_pb.MESSAGE_TYPE_SYSTEM
-            record.text = f"[{kind}]"
-        understanding = outcome.understanding
-        if understanding is not None:
-            if understanding.intent.name:
-                record.intent.CopyFrom(understanding.intent)
-            record.intent_ranking.extend(understanding.ranking)
-            record.entities.extend(understanding.entities)
-            record.model_version = understanding.model_version
-            record.is_fallback = understanding.is_fallback or not understanding.intent.name
-        record.reply_ids.extend(f"{event.event_id}:r{i}" for i in range(len(outcome.replies)))
-        return [record]
-
-    def _outbound_record(
-        self,
-        lease: Lease,
-        reply: event_pb2.Reply,
-        in_reply_to: str,
-        respond_ms: int,
-        handed_off: bool,
-    ) -> chatlog_pb.ChatMessage:
-        record = chatlog_pb.ChatMessage(
-            user=_user_ref(lease.user),
-            conversation_id=conversation_id(lease.user),
-            message_id=reply.reply_id,
-            direction=chatlog_pb.DIRECTION_OUTBOUND,
-            author=chatlog_pb.AUTHOR_BOT,
-            text=reply.text,
-            attachments=reply.attachments,
-            quick_replies=reply.quick_replies,
-            in_reply_to=in_reply_to,
-            handed_off=handed_off,
-            fencing_token=lease.token,
-        )
-        record.type = (
-            chatlog_pb.MESSAGE_TYPE_IMAGE
-            if not reply.text and reply.attachments
-            else chatlog_pb.MESSAGE_TYPE_TEXT
-        )
-        record.create_time.CopyFrom(_timestamp_ms(respond_ms))
-        record.respond_time.CopyFrom(_timestamp_ms(respond_ms))
-        return record
-
     # ---- agents' messages -------------------------------------------------
 
     async def _agent_message(self, lease: Lease, head: Head) -> int:
@@ -536,16 +296,13 @@ class Processor:
             return await self._store.complete(
                 lease, head, RESULT_REFUSED + b"the conversation is not handed off"
             )
-        now_ms = int(time.time() * 1000)
         reply = event_pb2.Reply(
             reply_id=head.item.item_id,
             text=request.text,
             quick_replies=request.quick_replies,
             attachments=request.attachments,
         )
-        record = self._outbound_record(lease, reply, "", now_ms, True)
-        record.author = chatlog_pb.AUTHOR_AGENT
-        record.agent_id = request.agent_id
+        record = agent_record(lease.user, lease.token, reply, request.agent_id, _now_ms())
         await self._store.ensure(lease)
         await self._chatlog.append([record])
         channel = self._channels.get(lease.user.channel)
@@ -561,7 +318,7 @@ class Processor:
                 )
             await self._store.mark_sent(lease, head.item.item_id, 1)
         response = pb.SendAgentMessageResponse(
-            reply=reply, sent_time=_timestamp_ms(int(time.time() * 1000)), fencing_token=lease.token
+            reply=reply, sent_time=timestamp_ms(_now_ms()), fencing_token=lease.token
         )
         return await self._store.complete(lease, head, RESULT_AGENT + response.SerializeToString())
 
@@ -570,3 +327,28 @@ class Processor:
         if tenant is None:
             raise LookupError(f"tenant {tenant_id!r} is no longer configured")
         return tenant
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _converse_response(
+    event: event_pb2.ChatEvent, outcome: Outcome, turn: Turn
+) -> pb.ConverseResponse:
+    """The turn's result, as a ``Converse`` call returns it."""
+    response = pb.ConverseResponse(
+        event_id=event.event_id,
+        replies=outcome.replies,
+        fencing_token=turn.fencing_token,
+        handed_off=turn.handed_off,
+        processing_duration=duration_ms(turn.respond_ms - turn.received_ms),
+    )
+    understanding = outcome.understanding
+    if understanding is not None:
+        response.intent.CopyFrom(understanding.intent)
+        response.intent_ranking.extend(understanding.ranking)
+        response.entities.extend(understanding.entities)
+        response.is_fallback = understanding.is_fallback
+        response.model_version = understanding.model_version
+    return response
