@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from mesh import get_logger, tracing
 from services.dialogue import metrics
-from services.dialogue.keys import UserId, all_shards, shard_of
+from services.dialogue.keys import ShardKeys, UserId, all_shards, shard_of
 from services.dialogue.store import Fenced, RedisClient
 
 _log = get_logger("dialogue.clients")
@@ -102,13 +102,16 @@ class ChatlogOutbox:
         *,
         blocking: RedisClient | None = None,
         shards: int = 1,
+        max_entries: int = 1_000_000,
     ) -> None:
         self._stub = chatlog_service_pb2_grpc.ChatlogServiceStub(channel)
         self._redis: Any = redis
         self._blocking: Any = blocking or redis
         self._consumer = consumer
         self._timeout_s = timeout_s
-        self.streams = [shard.outbox for shard in all_shards(max(1, shards))]
+        self._shards = all_shards(max(1, shards))
+        self.streams = [shard.outbox for shard in self._shards]
+        self._cap = max(1, max_entries // len(self._shards))
         # One read waits on every stream of a single Redis; under Redis Cluster
         # (streams on different slots) each stream has its own reader.
         if isinstance(redis, RedisCluster):
@@ -116,10 +119,10 @@ class ChatlogOutbox:
         else:
             self._groups = [self.streams]
 
-    def _stream_for(self, messages: list[chatlog_pb.ChatMessage]) -> str:
+    def _shard_for(self, messages: list[chatlog_pb.ChatMessage]) -> ShardKeys:
         first = messages[0]
         user = UserId(first.user.tenant_id, int(first.user.channel), first.user.user_id)
-        return self.streams[shard_of(user.member(), len(self.streams))]
+        return self._shards[shard_of(user.member(), len(self._shards))]
 
     async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None:
         request = chatlog_pb.AppendMessagesRequest(messages=messages)
@@ -137,7 +140,13 @@ class ChatlogOutbox:
         # Checked under the lease already; replays are not fenced again.
         for message in request.messages:
             message.fencing_token = 0
-        await self._redis.xadd(self._stream_for(messages), {"r": request.SerializeToString()})
+        shard = self._shard_for(messages)
+        # A full outbox (a long outage) drops and counts rather than filling Redis.
+        if int(await self._redis.xlen(shard.outbox)) >= self._cap:
+            await self._redis.incr(shard.outbox_dropped)
+            _log.error("chatlog outbox full: records dropped", extra={"records": len(messages)})
+            return
+        await self._redis.xadd(shard.outbox, {"r": request.SerializeToString()})
 
     async def _ensure_group(self, stream: str) -> None:
         try:

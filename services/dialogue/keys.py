@@ -37,6 +37,11 @@ class ShardKeys:
         outbox = "{outbox}" if index == 0 else f"{{outbox:{index}}}"
         return cls(index, f"dlg:{ready}:list", f"dlg:{ready}:active", f"dlg:{outbox}:chatlog")
 
+    @property
+    def outbox_dropped(self) -> str:
+        """Records not written to a full outbox (same slot as the stream)."""
+        return self.outbox.removesuffix(":chatlog") + ":dropped"
+
 
 def shard_of(key: str, shards: int) -> int:
     """The shard of a user (or of a conversation's records): stable across processes."""
@@ -88,6 +93,7 @@ class UserKeys:
         self.last = f"{self.prefix}:last"
         self.sent = f"{self.prefix}:sent"
         self.dead_count = f"{self.prefix}:dead"
+        self.dead_letters = f"{self.prefix}:dlq"
         self.unsettled = f"{self.prefix}:unsettled"
 
     def seen(self, event_id: str) -> str:
@@ -103,5 +109,7 @@ class UserKeys:
 class TenantKeys:
     def __init__(self, tenant_id: str) -> None:
         tag = f"{{dlq:{tenant_id}}}"
+        # id -> the user's member (where the record lives), or a whole record
+        # as written before records moved to the user's slot.
         self.dead_items = f"dlq:{tag}:items"
         self.dead_index = f"dlq:{tag}:index"

@@ -76,6 +76,14 @@ SEND_BREAKER_CHANGES = Counter(
 SEND_PROBES = Counter(
     "dialogue_send_probes_total", "Recovery probes of the Send API, by outcome.", ["outcome"]
 )
+OUTBOX_ENTRIES = Gauge(
+    "dialogue_chatlog_outbox_entries",
+    "Chatlog records waiting in the outbox, all shards (sampled; alert well below the cap).",
+)
+OUTBOX_DROPPED = Gauge(
+    "dialogue_chatlog_outbox_dropped",
+    "Chatlog records dropped since Redis was set up because the outbox was full (sampled).",
+)
 CHATLOG_WRITTEN = Counter(
     "dialogue_chatlog_messages_written_total",
     "Chatlog records the outbox writer delivered (inbound and outbound messages).",

@@ -102,6 +102,7 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
         timeout_s=settings.chatlog_timeout_s,
         blocking=blocking_redis,
         shards=settings.store.shards,
+        max_entries=settings.store.outbox_max,
     )
     server = MeshServer(
         "dialogue",

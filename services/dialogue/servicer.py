@@ -445,24 +445,13 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             self._tenant(request.tenant_id)
             if not request.dead_letter_id:
                 raise Invalid("dead_letter_id is required")
-            record = await self._store.take_dead_letter(request.tenant_id, request.dead_letter_id)
+            record = await self._store.dead_letter_record(request.tenant_id, request.dead_letter_id)
             if record is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,
                     f"tenant {request.tenant_id!r} has no dead letter {request.dead_letter_id!r}",
                 )
-            item = QueueItem(
-                item_id=record.item.item_id,
-                kind=record.item.kind,
-                payload=record.item.payload,
-                enqueue_ms=int(time.time() * 1000),
-                replay=True,
-            )
-            try:
-                await self._store.submit(record.user, item, dedupe=False)
-            except RedisError:
-                await self._store.restore_dead_letter(record)
-                raise
+            await self._store.replay_dead_letter(record)
             return pb.ReplayDeadLetterResponse(
                 dead_letter=self._dead(record),
                 queue_length=await self._store.queue_length(record.user),

@@ -85,6 +85,9 @@ class DialogueSettings:
                 reorder_window_ms=env.integer("DIALOGUE_REORDER_WINDOW_MS", 200, minimum=0),
                 reorder_evidence_s=env.integer("DIALOGUE_REORDER_EVIDENCE_SECONDS", 30, minimum=1),
                 shards=env.integer("DIALOGUE_SHARDS", 16, minimum=1),
+                state_ttl_s=env.integer("DIALOGUE_STATE_TTL_SECONDS", 30 * 24 * 3600, minimum=60),
+                dead_letters_max=env.integer("DIALOGUE_DEAD_LETTERS_MAX", 10_000, minimum=1),
+                outbox_max=env.integer("DIALOGUE_OUTBOX_MAX_ENTRIES", 1_000_000, minimum=1),
             ),
             workers=WorkerSettings(
                 concurrency=env.integer("DIALOGUE_WORKERS", 32, minimum=1),

@@ -139,6 +139,8 @@ class DeadLetterRecord:
     last_error: str
     first_failure_ms: int
     last_failure_ms: int
+    # Replies of the item sent before it failed: a replay sends only the rest.
+    replies_sent: int = 0
 
     def encode(self) -> str:
         return json.dumps(
@@ -150,6 +152,7 @@ class DeadLetterRecord:
                 "err": self.last_error,
                 "f": self.first_failure_ms,
                 "l": self.last_failure_ms,
+                "s": self.replies_sent,
             }
         )
 
@@ -164,6 +167,7 @@ class DeadLetterRecord:
             last_error=str(data["err"]),
             first_failure_ms=int(data["f"]),
             last_failure_ms=int(data["l"]),
+            replies_sent=int(data.get("s") or 0),
         )
 
 
@@ -197,6 +201,14 @@ class StoreSettings:
     # Shards of the ready list, the active index and the chatlog outbox. Raise
     # it freely; lowering it strands the users of the shards left out.
     shards: int = 1
+    # How long a user's fence counter, last event, hand-off state and dead
+    # letter count outlive the user's last activity.
+    state_ttl_s: int = 30 * 24 * 3600
+    # Dead letters kept per tenant; beyond it the oldest failures go.
+    dead_letters_max: int = 10_000
+    # Entries the chatlog outbox holds (over all shards) before records are
+    # dropped (and counted) rather than fill Redis during a long outage.
+    outbox_max: int = 1_000_000
 
 
 def _now_ms() -> int:
@@ -228,15 +240,18 @@ def _head_from(raw: Any, attempts: Any, sent: Any, slots: Any, handoff: Any) -> 
 class ReadyGroup:
     """Ready lists one blocking pop can wait on together: every shard on a
     single Redis, one shard per pop under Redis Cluster (keys of different
-    slots cannot share a command). The pop starts at a different list each
-    time, so no shard is always served first."""
+    slots cannot share a command). Each pop starts at the list after the one
+    served last: round robin over the lists that have users, so a busy shard
+    never keeps another waiting."""
 
     keys: list[str]
     turn: int = 0
 
     def rotated(self) -> list[str]:
-        self.turn = (self.turn + 1) % len(self.keys)
         return self.keys[self.turn :] + self.keys[: self.turn]
+
+    def served(self, key: Any) -> None:
+        self.turn = (self.keys.index(_text(key)) + 1) % len(self.keys)
 
 
 class DialogueStore:
@@ -252,6 +267,7 @@ class DialogueStore:
         # index and schedule users themselves; a cluster needs separate steps.
         self.single_node = not isinstance(redis, RedisCluster)
         self.shards = all_shards(max(1, settings.shards))
+        self.outbox_cap = max(1, settings.outbox_max // len(self.shards))
         self._submit = redis.register_script(scripts.SUBMIT)
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._renew = redis.register_script(scripts.RENEW)
@@ -263,14 +279,24 @@ class DialogueStore:
         self._inspect = redis.register_script(scripts.INSPECT)
         self._forget = redis.register_script(scripts.FORGET_IF_UNCHANGED)
         self._take_dead = redis.register_script(scripts.TAKE_DEAD)
+        self._drop_dead = redis.register_script(scripts.DROP_DEAD)
 
     # ---- submission -------------------------------------------------------
 
-    async def submit(self, user: UserId, item: QueueItem, *, dedupe: bool = True) -> SubmitStatus:
-        """Queues ``item`` for ``user`` unless its id was seen (one atomic step)."""
+    async def submit(
+        self,
+        user: UserId,
+        item: QueueItem,
+        *,
+        dedupe: bool = True,
+        seen_as: str = "",
+        replies_sent: int = 0,
+    ) -> SubmitStatus:
+        """Queues ``item`` for ``user`` unless its id (or ``seen_as``) was seen,
+        in one atomic step; ``replies_sent`` of its replies count as sent."""
         keys = UserKeys(user)
         script_keys = [
-            keys.seen(item.item_id),
+            keys.seen(seen_as or item.item_id),
             keys.queue,
             keys.sched,
             keys.lease,
@@ -283,6 +309,8 @@ class DialogueStore:
             "1" if dedupe else "0",
             item.order_ms,
             self.settings.reorder_evidence_s,
+            replies_sent,
+            item.item_id,
         ]
         shard = self.shard(user)
         if self.single_node:
@@ -334,6 +362,7 @@ class DialogueStore:
         )
         if not popped:
             return []
+        group.served(popped[0])
         return [UserId.from_member(member) for member in popped[1]]
 
     async def acquire(self, user: UserId) -> Lease | Hold | None:
@@ -355,6 +384,7 @@ class DialogueStore:
             self.settings.lease_ms,
             _now_ms(),
             self.settings.reorder_window_ms,
+            self.settings.state_ttl_s,
         ]
         if self.single_node:
             keys.append(self.shard(user).active)
@@ -448,15 +478,17 @@ class DialogueStore:
             self.settings.slot_ttl_s,
             json.dumps(dict(handoff)) if handoff else "",
             "1" if release else "0",
+            self.settings.state_ttl_s,
         ]
         if self.single_node:
             shard = self.shard(lease.user)
-            keys += [shard.active, shard.ready, shard.outbox]
+            keys += [shard.active, shard.ready, shard.outbox, shard.outbox_dropped]
             args += [
                 lease.user.member(),
                 time.time() + self.settings.stall_grace_s,
                 records,
                 traceparent,
+                self.outbox_cap,
             ]
         remaining = int(await self._complete(keys=keys, args=args))
         if remaining < 0:
@@ -477,12 +509,14 @@ class DialogueStore:
             last_error=error[:2000],
             first_failure_ms=head.item.enqueue_ms,
             last_failure_ms=_now_ms(),
+            # ``replies_sent`` is filled in by the script, from the marks.
         )
         tk = TenantKeys(lease.user.tenant_id)
-        # Written first: a crash before the dequeue leaves the head, which then
-        # dead-letters again under the same id.
+        # The tenant's pointer first: a crash before the script leaves the head,
+        # which dead-letters again under the same id; a fenced script leaves a
+        # pointer to nothing, which listing skips.
         await self.ensure(lease)
-        await self.redis.hset(tk.dead_items, record.dead_letter_id, record.encode())
+        await self.redis.hset(tk.dead_items, record.dead_letter_id, lease.user.member())
         await self.redis.zadd(tk.dead_index, {record.dead_letter_id: record.last_failure_ms})
         k = lease.keys
         outcome = int(
@@ -495,12 +529,40 @@ class DialogueStore:
                     k.dead_count,
                     k.result(head.item.item_id),
                     k.done(head.item.item_id),
+                    k.dead_letters,
                 ],
-                args=[lease.value, head.raw, head.item.item_id, result, self.settings.result_ttl_s],
+                args=[
+                    lease.value,
+                    head.raw,
+                    head.item.item_id,
+                    result,
+                    self.settings.result_ttl_s,
+                    record.dead_letter_id,
+                    record.encode(),
+                    self.settings.state_ttl_s,
+                ],
             )
         )
         if outcome < 0:
             raise Fenced(f"lease {lease.value} lost (dead letter: {outcome})")
+        await self._trim_dead_letters(lease.user.tenant_id)
+
+    async def _trim_dead_letters(self, tenant_id: str) -> int:
+        """Drops a tenant's oldest dead letters beyond the cap; returns how many."""
+        tk = TenantKeys(tenant_id)
+        excess = int(await self.redis.zcard(tk.dead_index)) - self.settings.dead_letters_max
+        if excess <= 0:
+            return 0
+        dropped = 0
+        for raw_id, _ in await self.redis.zpopmin(tk.dead_index, excess):
+            dead_id = _text(raw_id)
+            pointer = await self.redis.hget(tk.dead_items, dead_id)
+            await self.redis.hdel(tk.dead_items, dead_id)
+            if pointer is not None and not _text(pointer).startswith("{"):
+                k = UserKeys(UserId.from_member(pointer))
+                await self._drop_dead(keys=[k.dead_letters, k.dead_count], args=[dead_id])
+            dropped += 1
+        return dropped
 
     async def release(self, lease: Lease) -> None:
         k = lease.keys
@@ -647,25 +709,67 @@ class DialogueStore:
         ids = ids[:count]
         if not ids:
             return [], False
-        raws = await self.redis.hmget(tk.dead_items, ids)
-        return [DeadLetterRecord.decode(raw) for raw in raws if raw is not None], more
+        pointers = await self.redis.hmget(tk.dead_items, ids)
+        records = []
+        for dead_id, pointer in zip(ids, pointers, strict=True):
+            record = await self._resolve(_text(dead_id), pointer)
+            if record is not None:
+                records.append(record)
+        return records, more
 
-    async def take_dead_letter(
+    async def _resolve(self, dead_id: str, pointer: Any) -> DeadLetterRecord | None:
+        """The record a tenant's pointer leads to (None: not, or not yet, written)."""
+        if pointer is None:
+            return None
+        text = _text(pointer)
+        if text.startswith("{"):
+            return DeadLetterRecord.decode(text)  # written whole, in the tenant's slot
+        raw = await self.redis.hget(UserKeys(UserId.from_member(text)).dead_letters, dead_id)
+        return DeadLetterRecord.decode(raw) if raw is not None else None
+
+    async def dead_letter_record(
         self, tenant_id: str, dead_letter_id: str
     ) -> DeadLetterRecord | None:
         tk = TenantKeys(tenant_id)
-        raw = await self._take_dead(keys=[tk.dead_items, tk.dead_index], args=[dead_letter_id])
-        if raw is None:
-            return None
-        record = DeadLetterRecord.decode(raw)
-        await self.redis.decr(UserKeys(record.user).dead_count)
-        return record
+        return await self._resolve(
+            dead_letter_id, await self.redis.hget(tk.dead_items, dead_letter_id)
+        )
 
-    async def restore_dead_letter(self, record: DeadLetterRecord) -> None:
+    async def replay_dead_letter(self, record: DeadLetterRecord) -> SubmitStatus:
+        """Queues a dead letter's item again, then removes the dead letter.
+
+        The item goes back first, so a crash in between loses nothing; it is
+        deduplicated on the dead letter's id and failure time, so a second
+        replay of the same record after such a crash queues nothing twice. The
+        replies sent before the failure count as sent: a replay sends the rest.
+        """
+        item = QueueItem(
+            item_id=record.item.item_id,
+            kind=record.item.kind,
+            payload=record.item.payload,
+            enqueue_ms=_now_ms(),
+            replay=True,
+            traceparent=record.item.traceparent,
+        )
+        status = await self.submit(
+            record.user,
+            item,
+            seen_as=f"replay:{record.dead_letter_id}:{record.last_failure_ms}",
+            replies_sent=record.replies_sent,
+        )
         tk = TenantKeys(record.user.tenant_id)
-        await self.redis.hset(tk.dead_items, record.dead_letter_id, record.encode())
-        await self.redis.zadd(tk.dead_index, {record.dead_letter_id: record.last_failure_ms})
-        await self.redis.incr(UserKeys(record.user).dead_count)
+        await self._take_dead(keys=[tk.dead_items, tk.dead_index], args=[record.dead_letter_id])
+        k = UserKeys(record.user)
+        await self._drop_dead(keys=[k.dead_letters, k.dead_count], args=[record.dead_letter_id])
+        return status
+
+    async def outbox_stats(self) -> tuple[int, int]:
+        """Entries waiting in the chatlog outbox, and records dropped because it was full."""
+        entries, dropped = 0, 0
+        for shard in self.shards:
+            entries += int(await self.redis.xlen(shard.outbox))
+            dropped += int(await self.redis.get(shard.outbox_dropped) or 0)
+        return entries, dropped
 
     async def queue_length(self, user: UserId) -> int:
         return int(await self.redis.llen(UserKeys(user).queue))

@@ -288,6 +288,9 @@ class Workers:
                 queued, oldest = await self._store.queue_sample()
                 metrics.QUEUED_ITEMS.set(queued)
                 metrics.OLDEST_QUEUED_SECONDS.set(oldest)
+                entries, dropped = await self._store.outbox_stats()
+                metrics.OUTBOX_ENTRIES.set(entries)
+                metrics.OUTBOX_DROPPED.set(dropped)
             except RedisError as exc:
                 _log.warning("reaper cannot reach Redis", extra={"error": repr(exc)})
             await asyncio.sleep(self._settings.sweep_interval_s)

@@ -54,6 +54,8 @@ def _masters_holding(cluster: RedisCluster, pattern: str) -> Counter[int]:
 
 @pytest.fixture
 async def cluster_store(redis_cluster: RedisCluster) -> AsyncIterator[DialogueStore]:
+    for node in redis_cluster.nodes:  # the cluster is shared by the session's tests
+        redis.Redis(port=node.port).flushall()
     client = aioredis.RedisCluster.from_url(redis_cluster.url)
     yield DialogueStore(client, StoreSettings(holder="test", shards=16))
     await client.aclose()

@@ -733,3 +733,17 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert rules[0] == "*"
     allowed = {line[1:].rstrip("/") for line in rules if line.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "protos", "mesh", "services"}
+
+
+def test_the_dev_redis_and_the_production_advice_agree_on_durability() -> None:
+    """An acknowledged event must be on disk: the dev overlay's Redis syncs every
+    write, and the README asks the same (plus a replica) of production."""
+    redis_set = next(
+        obj for name, obj in of_kind(render("dev"), "StatefulSet").items() if "redis" in name
+    )
+    args = next(containers(redis_set))["args"]
+    assert args[args.index("--appendfsync") + 1] == "always"
+    readme = (K8S / "README.md").read_text()
+    for setting in ("`appendfsync always`", "`min-replicas-to-write 1`", "`noeviction`"):
+        assert setting in readme, setting
+    assert "`appendfsync everysec`" not in readme
