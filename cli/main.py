@@ -11,6 +11,7 @@ import typer
 
 from cli import REPO
 from cli.data import erase_user, retention_app
+from cli.messenger_profile import messenger_profile_app
 from cli.users import users_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ tenants_app = typer.Typer(help="Check the tenants configuration.")
 app.add_typer(dead_letters, name="dead-letters")
 app.add_typer(users_app, name="users")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(messenger_profile_app, name="messenger-profile")
 app.add_typer(retention_app, name="retention")
 app.command("erase-user")(erase_user)
 

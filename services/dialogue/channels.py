@@ -3,7 +3,8 @@
 ``MessengerChannel`` calls the Send API: ``messaging_type`` RESPONSE, text
 split under 2000 characters, quick replies on the last part, ``metadata``
 naming the inbound mid, and retries with backoff on the error codes Meta
-documents as temporary. Other channels implement ``OutboundChannel``.
+documents as temporary. Every Graph call carries ``appsecret_proof`` when the
+tenant's app secret is known. Other channels implement ``OutboundChannel``.
 
 Errors::
 
@@ -15,7 +16,9 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import hmac
 import json
 import time
 from typing import Protocol
@@ -98,6 +101,20 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
 def _auth(tenant: Tenant) -> dict[str, str]:
     # In a header, not the query string: URLs end up in logs, proxies and traces.
     return {"Authorization": f"Bearer {tenant.page_access_token}"}
+
+
+@functools.lru_cache(maxsize=256)
+def appsecret_proof(app_secret: str, access_token: str) -> str:
+    """HMAC-SHA256 of the token under the app secret, hex: Graph calls carry it so that a
+    leaked token is useless without the secret (required once the app enables it)."""
+    return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
+
+
+def graph_params(tenant: Tenant) -> dict[str, str]:
+    """Query parameters of every Graph call: the proof, when the app secret is known."""
+    if not (tenant.app_secret and tenant.page_access_token):
+        return {}
+    return {"appsecret_proof": appsecret_proof(tenant.app_secret, tenant.page_access_token)}
 
 
 # Kept back from the deadline for the steps after a send (marking it sent).
@@ -200,7 +217,12 @@ class MessengerChannel:
         call = self.breaker.started()
         try:
             response = await self._client.request(
-                "POST", self._url, headers=_auth(tenant), json_body=body, timeout=self._timeout_s
+                "POST",
+                self._url,
+                headers=_auth(tenant),
+                params=graph_params(tenant),
+                json_body=body,
+                timeout=self._timeout_s,
             )
         except HttpError:
             # A typing indicator is never worth failing a message for.
@@ -217,7 +239,7 @@ class MessengerChannel:
             response = await self._client.request(
                 "GET",
                 self._probe_url,
-                params={"fields": "id"},
+                params={"fields": "id", **graph_params(tenant)},
                 headers=_auth(tenant),
                 timeout=timeout_s,
             )
@@ -287,7 +309,12 @@ class MessengerChannel:
         try:
             # The timeout bounds the whole exchange, so a trickle trips it too.
             response = await self._client.request(
-                "POST", self._url, headers=_auth(tenant), json_body=body, timeout=timeout
+                "POST",
+                self._url,
+                headers=_auth(tenant),
+                params=graph_params(tenant),
+                json_body=body,
+                timeout=timeout,
             )
         except MaybeSent as exc:
             self.breaker.failed(call, lost=True)

@@ -15,6 +15,10 @@
     payloads: {GET_STARTED: greet}          # postback payloads to intents
     slots: [order_id, city]                 # entities remembered per user
     handoff_intent: human_handoff
+    messenger_profile: {get_started: GET_STARTED, greeting: {default: "Hi!"}}  # optional
+
+The page's Messenger profile (Get Started, greeting, menu, ice breakers) is
+described in ``messenger_profile``; ``chatbot messenger-profile apply`` sets it.
 
 Special responses: ``fallback`` (low confidence or unknown intent),
 ``nlu_unavailable``, ``attachment`` (a message without text), ``handoff``
@@ -35,6 +39,7 @@ from typing import Any
 import yaml
 
 from mesh.config import ConfigError
+from services.dialogue.messenger_profile import MessengerProfile, parse_messenger_profile
 
 DEFAULT_DOMAIN = Path(__file__).resolve().parent / "domains" / "default.yml"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -81,6 +86,7 @@ class Domain:
     slots: frozenset[str]
     handoff_intent: str = "human_handoff"
     fallback_intent: str = "nlu_fallback"
+    messenger_profile: MessengerProfile | None = None  # None: the file has no such section
 
     def choose(
         self,
@@ -168,6 +174,9 @@ def load_domain(path: Path) -> Domain:
             raise ConfigError(f"{path}: responses.{intent} names an unknown action {action!r}")
     if "fallback" not in responses:
         raise ConfigError(f"{path}: a 'fallback' response is required")
+    profile = None
+    if raw.get("messenger_profile") is not None:
+        profile = parse_messenger_profile(raw["messenger_profile"], f"{path}: messenger_profile")
     return Domain(
         responses=responses,
         intent_actions=intent_actions,
@@ -175,4 +184,5 @@ def load_domain(path: Path) -> Domain:
         payloads={str(k): str(v) for k, v in (raw.get("payloads") or {}).items()},
         slots=frozenset(str(s) for s in raw.get("slots") or []),
         handoff_intent=str(raw.get("handoff_intent", "human_handoff")),
+        messenger_profile=profile,
     )

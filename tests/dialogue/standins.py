@@ -1,9 +1,10 @@
 """Real servers standing in for what the dialogue service talks to.
 
-- ``GraphApi``: an HTTP/1.1 keep-alive server in place of Facebook's Send API,
-  recording every message and failing on command (error codes, delays,
-  ``Connection: close`` on every answer, answers lost after the message
-  arrived).
+- ``GraphApi``: an HTTP/1.1 keep-alive server in place of Facebook's Send API
+  and Messenger Profile API, recording every message and failing on command
+  (error codes, delays, ``Connection: close`` on every answer, answers lost
+  after the message arrived); with an app secret it refuses calls without the
+  right ``appsecret_proof``, as Meta does once an app requires it.
 - ``KeywordNlu``: a gRPC NluService answering by keyword, with a settable delay
   and an on/off switch: the small, fast model of the ordering tests.
 - ``RecordingChatlog``: a gRPC ChatlogService keeping appends by message id
@@ -12,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -55,6 +58,12 @@ class GraphApi:
     recording the message, and ``GET /me`` (a breaker's probe) as well.
     ``on_message`` is called with each message once it is recorded, before it
     is answered: it may hold that one answer back, or pause its sender.
+
+    ``/me/messenger_profile`` keeps the page's ``profile`` (GET, POST, DELETE as
+    Meta's API) and records each call in ``profile_calls``; ``profile_rule``
+    may fail one. ``app_secret``: every call must carry ``appsecret_proof`` for
+    its token; ``page_tokens``: only these tokens are valid (else code 190).
+    Each call refused for its token or proof is kept in ``refusals``.
     """
 
     port: int = 0
@@ -70,6 +79,13 @@ class GraphApi:
     lose_answers: int = 0  # how many of the next messages arrive and get no answer
     answer_delay_s: float = 0.0  # after a message is recorded (it arrived), and for GET /me
     on_message: Callable[[SentMessage], None] | None = None
+    app_secret: str = ""
+    page_tokens: set[str] = field(default_factory=set)  # empty: any token is valid
+    refusals: list[dict[str, Any]] = field(default_factory=list)  # {path, code, message}
+    profile: dict[str, Any] = field(default_factory=dict)
+    profile_calls: list[dict[str, Any]] = field(default_factory=list)  # {method, query, body}
+    # (method, body or query) -> (status, body) to fail a profile call, or None.
+    profile_rule: Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
     probe_status: int = 200
     probes: int = 0  # GET /me: the breaker asking whether the API answers
     peers: set[int] = field(default_factory=set)  # client ports: one per connection
@@ -98,22 +114,91 @@ class GraphApi:
                 self.end_headers()
                 self.wfile.write(raw)
 
+            def _body(self) -> dict[str, Any]:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                return body if isinstance(body, dict) else {}
+
+            def _refuse(self, query: dict[str, list[str]]) -> bool:
+                """Answers a call whose token or proof Meta would refuse; True if it did."""
+                refusal = self._refusal(query)
+                if refusal is not None:
+                    self._error(400, *refusal)
+                return refusal is not None
+
+            def _refusal(self, query: dict[str, list[str]]) -> tuple[int, str, str] | None:
+                if query.get("access_token"):
+                    # Meta accepts it, but a URL is logged everywhere: the clients must not.
+                    return 100, "token in URL", "OAuthException"
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                if not token:
+                    return 190, "An active access token must be used", "OAuthException"
+                with api.lock:
+                    api.tokens.add(token)
+                if api.page_tokens and token not in api.page_tokens:
+                    message = "Invalid OAuth access token - Cannot parse access token"
+                    return 190, message, "OAuthException"
+                if api.app_secret:
+                    proof = query.get("appsecret_proof", [""])[0]
+                    expected = hmac.new(
+                        api.app_secret.encode(), token.encode(), hashlib.sha256
+                    ).hexdigest()
+                    if not proof:
+                        message = "API calls from the server require an appsecret_proof argument"
+                        return 100, message, "GraphMethodException"
+                    if not hmac.compare_digest(proof, expected):
+                        message = "Invalid appsecret_proof provided in the API argument"
+                        return 100, message, "GraphMethodException"
+                return None
+
+            def _error(
+                self, status: int, code: int, message: str, kind: str, subcode: int = 0
+            ) -> None:
+                error: dict[str, Any] = {"message": message, "type": kind, "code": code}
+                error["fbtrace_id"] = "AStandInTrace"
+                if subcode:
+                    error["error_subcode"] = subcode
+                if code in (100, 190) and urlparse(self.path).path.endswith(_GRAPH_PATHS):
+                    with api.lock:
+                        api.refusals.append(
+                            {"path": urlparse(self.path).path, "code": code, "message": message}
+                        )
+                self._reply(status, {"error": error})
+
+            def _profile(self, method: str, body: dict[str, Any]) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                if self._refuse(query):
+                    return None
+                with api.lock:
+                    api.profile_calls.append({"method": method, "query": query, "body": body})
+                failure = api.profile_rule(method, body or query) if api.profile_rule else None
+                if failure is not None:
+                    return self._reply(*failure)
+                with api.lock:
+                    answer = _profile_call(api.profile, method, query, body)
+                if "error" in answer:
+                    error = answer["error"]
+                    code, subcode = error["code"], error.get("error_subcode", 0)
+                    return self._error(400, code, error["message"], "OAuthException", subcode)
+                return self._reply(200, answer)
+
+            def do_DELETE(self) -> None:
+                body = self._body()
+                if not urlparse(self.path).path.endswith("/me/messenger_profile"):
+                    return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
+                return self._profile("DELETE", body)
+
             def do_POST(self) -> None:
                 with api.lock:
                     api.peers.add(self.client_address[1])
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                query = parse_qs(urlparse(self.path).query)
-                if not urlparse(self.path).path.endswith("/me/messages"):
+                body = self._body()
+                path = urlparse(self.path).path
+                if path.endswith("/me/messenger_profile"):
+                    return self._profile("POST", body)
+                if not path.endswith("/me/messages"):
                     return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
-                if query.get("access_token"):
-                    # Meta accepts it, but a URL is logged everywhere: the channel must not.
-                    return self._reply(400, {"error": {"message": "token in URL", "code": 100}})
-                token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                if not token:
-                    return self._reply(400, {"error": {"message": "no token", "code": 190}})
-                with api.lock:
-                    api.tokens.add(token)
+                if self._refuse(parse_qs(urlparse(self.path).query)):
+                    return None
                 if "sender_action" in body:
                     return self._reply(200, {"recipient_id": body["recipient"]["id"]})
                 if api.delay_s:
@@ -149,9 +234,13 @@ class GraphApi:
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
+                if url.path.endswith("/me/messenger_profile"):
+                    return self._profile("GET", {})
                 if url.path.endswith("/me"):
                     with api.lock:
                         api.probes += 1
+                    if self._refuse(parse_qs(url.query)):
+                        return None
                     if api.answer_delay_s:
                         time.sleep(api.answer_delay_s)
                     return self._reply(api.probe_status, {"id": "page-1"})
@@ -201,9 +290,64 @@ class GraphApi:
         self.close_connections = False
         self.lose_answers = 0
         self.on_message = None
+        self.app_secret = ""
+        self.page_tokens.clear()
+        self.refusals.clear()
+        self.profile.clear()
+        self.profile_calls.clear()
+        self.profile_rule = None
         self.probe_status = 200
         self.probes = 0
         self.peers.clear()
+
+
+_GRAPH_PATHS = ("/me", "/me/messages", "/me/messenger_profile")
+_PROFILE_FIELDS = (
+    "get_started", "greeting", "persistent_menu", "ice_breakers", "whitelisted_domains",
+    "account_linking_url", "commands",
+)  # fmt: skip
+
+
+def _profile_call(
+    profile: dict[str, Any], method: str, query: dict[str, list[str]], body: dict[str, Any]
+) -> dict[str, Any]:
+    """The Messenger Profile API on ``profile``, with the refusals Meta documents."""
+
+    def error(message: str, subcode: int = 0) -> dict[str, Any]:
+        found: dict[str, Any] = {"message": f"(#100) {message}", "code": 100}
+        if subcode:
+            found["error_subcode"] = subcode
+        return {"error": found}
+
+    if method == "GET":
+        fields = [f for f in query.get("fields", [""])[0].split(",") if f]
+        if not fields:
+            return error("The parameter fields is required")
+        found = {f: profile[f] for f in fields if f in profile}
+        return {"data": [found] if found else []}
+    if method == "DELETE":
+        names = body.get("fields")
+        if not isinstance(names, list) or not names:
+            return error("param fields must be non-empty")
+        if any(f not in _PROFILE_FIELDS for f in names):
+            return error(f"param fields[0] must be one of {{{', '.join(_PROFILE_FIELDS)}}}")
+        for name in names:
+            profile.pop(name, None)
+        return {"result": "success"}
+    unknown = [k for k in body if k not in _PROFILE_FIELDS]
+    if not body or unknown:
+        return error(f"Requires one of the params: {', '.join(_PROFILE_FIELDS)}")
+    if "persistent_menu" in body and "get_started" not in body and "get_started" not in profile:
+        message = "You must set a Get Started button if you also wish to use persistent menu."
+        return error(message, 2018145)
+    for greeting in body.get("greeting") or []:
+        if len(greeting.get("text", "")) > 160:
+            return error("param greeting[0][text] must be at most 160 characters")
+    for menu in body.get("persistent_menu") or []:
+        if len(menu.get("call_to_actions") or []) > 20:
+            return error("param persistent_menu[0][call_to_actions] must have at most 20 items")
+    profile.update(json.loads(json.dumps(body)))
+    return {"result": "success"}
 
 
 KEYWORDS = [
