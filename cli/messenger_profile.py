@@ -42,8 +42,10 @@ FAILED = 2  # any error: configuration, validation, the Graph API
 messenger_profile_app = typer.Typer(
     help=(
         "Set a page's Get Started button, greeting, persistent menu and ice breakers from the "
-        "domain file's messenger_profile section (Messenger Profile API). Exit codes: 0 done or "
-        "no difference, 1 `diff` found differences, 2 an error."
+        "domain file's messenger_profile section (Messenger Profile API). The page token and app "
+        "secret are the tenant's: TENANTS_FILE, or MESSENGER_PAGE_ACCESS_TOKEN and "
+        "MESSENGER_APP_SECRET (or their _FILE). Exit codes: 0 done or no difference, 1 `diff` "
+        "found differences, 2 an error."
     ),
     no_args_is_help=True,
 )
@@ -185,7 +187,9 @@ def _shorten(value: object) -> str:
 
 # ---- the commands -------------------------------------------------------------
 
-TenantId = Annotated[str, typer.Option("--tenant", help="the tenant whose page to set")]
+TenantId = Annotated[
+    str, typer.Option("--tenant", help="the tenant whose page it is (default: the only one)")
+]
 TenantsFile = Annotated[
     Path | None,
     typer.Option(
@@ -201,7 +205,8 @@ DomainFile = Annotated[
 GraphUrl = Annotated[
     str,
     typer.Option(
-        envvar="MESSENGER_GRAPH_API_URL", help="the Graph API's base URL, version included"
+        envvar="MESSENGER_GRAPH_API_URL",
+        help="the Graph API's base URL, version included [default: Meta's, v21.0]",
     ),
 ]
 Timeout = Annotated[float, typer.Option(help="seconds to wait for each call")]
@@ -226,6 +231,10 @@ def _tenant(tenant_id: str, tenants_file: Path | None) -> Tenant:
         tenants = Tenants.from_file(tenants_file) if tenants_file else Tenants.from_env()
     except ConfigError as exc:
         _fail(str(exc))
+    if not tenant_id:
+        if len(tenants) > 1:
+            _fail(f"name the tenant with --tenant ({', '.join(t.id for t in tenants)})")
+        tenant_id = next(iter(tenants)).id
     tenant = tenants.get(tenant_id)
     if tenant is None:
         _fail(f"no tenant {tenant_id!r} (known: {', '.join(t.id for t in tenants)})")
@@ -320,7 +329,7 @@ def _graph_url(value: str | None) -> str:
 
 @messenger_profile_app.command()
 def show(
-    tenant_id: TenantId = "default",
+    tenant_id: TenantId = "",
     tenants_file: TenantsFile = None,
     graph_api_url: GraphUrl = "",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
@@ -345,7 +354,7 @@ def show(
 
 @messenger_profile_app.command()
 def diff(
-    tenant_id: TenantId = "default",
+    tenant_id: TenantId = "",
     tenants_file: TenantsFile = None,
     domain_file: DomainFile = None,
     graph_api_url: GraphUrl = "",
@@ -370,7 +379,7 @@ def diff(
 
 @messenger_profile_app.command()
 def apply(
-    tenant_id: TenantId = "default",
+    tenant_id: TenantId = "",
     tenants_file: TenantsFile = None,
     domain_file: DomainFile = None,
     graph_api_url: GraphUrl = "",

@@ -380,11 +380,17 @@ def test_tenants_file_and_domain_option(api: GraphApi, tmp_path: Path) -> None:
                 app_secret: {SECRET}
                 page_access_token_file: acme.token
                 domain: {domain_file(tmp_path, "", "plain.yml")}
+              - id: globex
+                page_access_token: another-token
             """
         ),
         encoding="utf-8",
     )
     # The tenant's own domain has no section; --domain checks another file against the page.
+    several = chatbot(api, tmp_path, "show", "--tenants-file", str(tenants))
+    assert several.exit_code == 2 and "name the tenant with --tenant (acme, globex)" in (
+        several.stderr
+    )
     args = ("--tenant", "acme", "--tenants-file", str(tenants))
     assert chatbot(api, tmp_path, "diff", *args).exit_code == 2
     result = chatbot(api, tmp_path, "apply", *args, "--domain", str(domain_file(tmp_path)))
