@@ -31,8 +31,10 @@ class StoreMonitor:
         *,
         interval: float = 2.0,
         maintenance_interval: float = 600.0,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._set_serving = set_serving
         self._interval = interval
         self._maintenance_interval = maintenance_interval
@@ -100,7 +102,7 @@ class StoreMonitor:
             if up and time.monotonic() - last_maintenance >= self._maintenance_interval:
                 last_maintenance = time.monotonic()
                 try:
-                    await self._store.maintain(time.time_ns())
+                    await self._store.maintain(self._clock())
                 except StoreUnavailable as exc:
                     _log.warning("store maintenance failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
+from collections.abc import Callable
 
 from chatbot.chatlog.v1 import chatlog_service_pb2, chatlog_service_pb2_grpc
 
@@ -54,8 +56,14 @@ class ChatlogApp:
     """The server, its store and the health monitor, started and stopped together."""
 
     def __init__(
-        self, settings: ChatlogSettings, tenants: Tenants, store: ChatlogStore | None = None
+        self,
+        settings: ChatlogSettings,
+        tenants: Tenants,
+        store: ChatlogStore | None = None,
+        *,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` (Unix ns) decides what has expired; tests where time is the subject set it."""
         self.settings = settings
         self.store = store or build_store(settings)
         self.server = MeshServer(
@@ -66,6 +74,7 @@ class ChatlogApp:
             self.server.set_serving,
             interval=settings.health_interval,
             maintenance_interval=settings.maintenance_interval,
+            clock=clock,
         )
         self.servicer = ChatlogServicer(
             metered(self.store),
@@ -76,6 +85,7 @@ class ChatlogApp:
             ),
             limits=settings.limits,
             on_unavailable=self.monitor.report_unavailable,
+            clock=clock,
         )
         chatlog_service_pb2_grpc.add_ChatlogServiceServicer_to_server(
             self.servicer, self.server.grpc

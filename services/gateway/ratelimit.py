@@ -1,14 +1,17 @@
 """Rate limits for the JSON channel: fixed windows counted in Redis.
 
-One Lua script per key increments the counter and sets its expiry in one
+A window opens at a key's first request. One Lua script per key opens or
+continues the window, counts the request and sets the key's expiry in one
 atomic step, so concurrent gateway replicas share the count and a crash
-between the two commands cannot leave a counter that never expires. Each
-script touches one key (hash-tagged), so it runs on a Redis Cluster too; a
-``REDIS_URL`` naming a cluster node gets a cluster client.
+between two commands cannot leave a counter that never expires. Time is
+Redis's own clock (one clock for every replica) unless a ``clock`` is
+given. Each script touches one key (hash-tagged), so it runs on a Redis
+Cluster too; a ``REDIS_URL`` naming a cluster node gets a cluster client.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,14 +21,25 @@ from redis.exceptions import RedisError
 
 from mesh.redis_options import redis_options
 
+# KEYS: the counter (a hash: since, count). ARGV: window (ms), now (ms; "":
+# Redis's clock). Times stay strings in Redis: a Lua number is a double.
+# Returns the count with this request and the ms left in the window.
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+local now = ARGV[2]
+if now == '' then
+  local t = redis.call('TIME')
+  now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 end
-return {count, ttl}
+local window = tonumber(ARGV[1])
+local since = redis.call('HGET', KEYS[1], 'since')
+if not since or tonumber(now) - tonumber(since) >= window then
+  since = now
+  redis.call('HSET', KEYS[1], 'since', since, 'count', 0)
+end
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+local left = math.max(1, tonumber(since) + window - tonumber(now))
+redis.call('PEXPIRE', KEYS[1], left)
+return {count, left}
 """
 
 
@@ -49,9 +63,17 @@ class RateLimiter(Protocol):
 class RedisRateLimiter:
     """Counters in Redis: a standalone server, or a cluster when ``url`` names a cluster node."""
 
-    def __init__(self, url: str, prefix: str = "gateway:ratelimit:") -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "gateway:ratelimit:w:",
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``clock`` (Unix seconds) replaces Redis's own, for tests where time is the subject."""
         self._url = url
         self._prefix = prefix
+        self._clock = clock
         self._client: aioredis.Redis | aioredis.RedisCluster | None = None
         self._script: AsyncScript | None = None
 
@@ -86,7 +108,8 @@ class RedisRateLimiter:
         if self._script is None:
             raise RateLimiterUnavailable("the rate limiter is not started")
         try:
-            count, ttl_ms = await self._script(keys=[f"{self._prefix}{key}"], args=[window_ms])
+            now = "" if self._clock is None else str(int(self._clock() * 1000))
+            count, ttl_ms = await self._script(keys=[f"{self._prefix}{key}"], args=[window_ms, now])
         except (RedisError, OSError) as exc:
             raise RateLimiterUnavailable(str(exc)) from exc
         count, ttl_ms = int(count), int(ttl_ms)

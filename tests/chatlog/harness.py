@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,9 +68,16 @@ class CassandraNode:
 class Harness:
     """A ChatlogApp serving on 127.0.0.1, on its own event loop in a thread."""
 
-    def __init__(self, settings: ChatlogSettings, tenants: Tenants = TENANTS) -> None:
+    def __init__(
+        self,
+        settings: ChatlogSettings,
+        tenants: Tenants = TENANTS,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.settings = settings
         self._tenants = tenants
+        self._clock = clock
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -79,7 +86,7 @@ class Harness:
         self.backend = self.app.store.name
 
     async def _create(self) -> ChatlogApp:
-        return ChatlogApp(self.settings, self._tenants)
+        return ChatlogApp(self.settings, self._tenants, clock=self._clock)
 
     def call(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 60.0) -> _T:
         """Runs a coroutine on the server's loop (to reach its store directly)."""

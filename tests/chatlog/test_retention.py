@@ -11,10 +11,11 @@ import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import RoundRobinPolicy
 from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
+from chatbot.chatlog.v1.chatlog_service_pb2_grpc import ChatlogServiceStub
 from google.protobuf.duration_pb2 import Duration
 
-from tests.chatlog.conftest import T0, Chatlog, code_of, rpc_error
-from tests.chatlog.harness import CassandraNode
+from tests.chatlog.conftest import T0, Chatlog, code_of, fresh_tenant, rpc_error, settings
+from tests.chatlog.harness import CassandraNode, Harness
 
 DAY = 86_400
 
@@ -72,22 +73,90 @@ def test_bad_policies(chatlog: Chatlog, tenant: str, seconds: int, nanos: int, n
     assert code_of(chatlog.stub.GetRetentionPolicy, get) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_messages_expire_with_the_policy_of_when_they_were_stored(chatlog: Chatlog) -> None:
-    kept = chatlog.message("c0", "kept", at=since_t0(time.time() - 2 * DAY), text="kept", user="k")
+class ManualClock:
+    """The chatlog's clock (Unix ns), moved only by the test."""
+
+    def __init__(self) -> None:
+        self.now_ns = time.time_ns()
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    @property
+    def seconds(self) -> float:
+        return self.now_ns / 1e9
+
+
+@pytest.fixture(scope="module")
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(scope="module")
+def clocked_chatlog(
+    tmp_path_factory: pytest.TempPathFactory, manual_clock: ManualClock
+) -> Iterator[Chatlog]:
+    """A SQLite chatlog on a clock of the test's own: what has expired is decided
+    by that clock, so nothing expires while a slow machine runs the test."""
+    path = tmp_path_factory.mktemp("chatlog-clocked") / "chatlog.sqlite3"
+    harness = Harness(settings(backend="sqlite", sqlite_path=path), clock=manual_clock)
+    try:
+        harness.wait_serving()
+        with grpc.insecure_channel(harness.address) as channel:
+            yield Chatlog(harness, ChatlogServiceStub(channel), fresh_tenant())
+    finally:
+        harness.stop()
+
+
+def test_messages_expire_with_the_policy_of_when_they_were_stored(
+    clocked_chatlog: Chatlog, manual_clock: ManualClock
+) -> None:
+    chatlog, clock = clocked_chatlog, manual_clock
+    kept = chatlog.message("c0", "kept", at=since_t0(clock.seconds - 2 * DAY), text="kept")
     chatlog.append(kept)  # stored under the default policy: kept until deleted
     set_policy(chatlog, DAY)
-    # Created a day ago less 5 s: it expires 5 s from now.
-    soon = since_t0(time.time() - DAY + 5)
+    # Created a day ago less 5 s: it expires 5 s from now; its neighbour 0.5 s later.
+    soon = since_t0(clock.seconds - DAY + 5)
     chatlog.append(
         chatlog.message("c1", "m1", at=soon, text="short lived"),
         chatlog.message("c1", "m2", at=soon + 0.5, text="short lived too"),
     )
     assert chatlog.transcript("c1") == ["m1", "m2"]
     assert chatlog.conversations() == ["c1", "c0"]
-    time.sleep(6.5)
+    start = clock.now_ns
+    clock.now_ns = start + 4_900_000_000
+    assert chatlog.transcript("c1") == ["m1", "m2"]
+    clock.now_ns = start + 5_200_000_000
+    assert chatlog.transcript("c1") == ["m2"]
+    clock.now_ns = start + 6_000_000_000
     request = pb.ListMessagesRequest(tenant_id=chatlog.tenant, conversation_id="c1")
     assert code_of(chatlog.stub.ListMessages, request) == grpc.StatusCode.NOT_FOUND
     assert chatlog.conversations() == ["c0"]
+    assert chatlog.transcript("c0") == ["kept"]
+
+
+@pytest.mark.cassandra
+def test_cassandra_expires_the_rows_by_their_ttl(cassandra_chatlog: Chatlog) -> None:
+    """Cassandra expires rows by its own clock: the test waits for it to happen."""
+    chatlog = cassandra_chatlog
+    kept = chatlog.message("c0", "kept", at=since_t0(time.time() - 2 * DAY), text="kept")
+    chatlog.append(kept)
+    set_policy(chatlog, DAY)
+    # Created a day ago less 2 s: the rows get what is left of the day as their TTL.
+    soon = since_t0(time.time() - DAY + 2)
+    created = chatlog.append(
+        chatlog.message("c1", "m1", at=soon, text="short lived"),
+        chatlog.message("c1", "m2", at=soon + 0.5, text="short lived too"),
+    )
+    assert created == [pb.APPEND_STATUS_CREATED] * 2
+    request = pb.ListMessagesRequest(tenant_id=chatlog.tenant, conversation_id="c1")
+    deadline = time.monotonic() + 60
+    while code_of(chatlog.stub.ListMessages, request) != grpc.StatusCode.NOT_FOUND:
+        assert time.monotonic() < deadline, "the rows did not expire"
+        time.sleep(0.2)
+    while chatlog.conversations() != ["c0"]:
+        assert time.monotonic() < deadline, "the conversation did not expire"
+        time.sleep(0.2)
     assert chatlog.transcript("c0") == ["kept"]
 
 

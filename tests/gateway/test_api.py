@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chatbot.common.v1 import event_pb2 as ev
+from starlette.testclient import TestClient
 
+from mesh.tenants import Tenants
+from services.gateway import GatewaySettings, create_app
+from services.gateway.dialogue import GrpcDialogueClient
+from services.gateway.ratelimit import RedisRateLimiter
 from tests.gateway.conftest import gateway_env
 from tests.gateway.dialogue_server import CANNED_REPLY
 from tests.gateway.harness import ACME_KEY, GLOBEX_KEY, DialogueServer, Gateway
@@ -150,47 +155,67 @@ def test_a_large_body_is_413(gateway: Gateway) -> None:
 # ---- rate limits -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def limited_gateway(
-    gateway_workdir: Path, tenants_file: Path, dialogue_address: str, redis_server: RedisServer
-) -> Iterator[Gateway]:
-    # Its own Redis database: counters of the other tests do not leak in.
-    redis_url = redis_server.url.rsplit("/", 1)[0] + "/1"
-    env = gateway_env(
-        tenants_file,
-        dialogue_address,
-        redis_url,
-        GATEWAY_USER_RATE_LIMIT="3",
-        GATEWAY_TENANT_RATE_LIMIT="5",
-        GATEWAY_RATE_LIMIT_WINDOW="2",
-    )
-    process = Gateway(gateway_workdir, env, name="limited")
-    yield process
-    process.stop()
+class ManualClock:
+    """Unix time that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))  # whole seconds: window ends fall on exact ms
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_rate_limits_per_user_then_per_tenant(
-    limited_gateway: Gateway, dialogue: DialogueServer
+    tenants_file: Path, dialogue: DialogueServer, redis_server: RedisServer
 ) -> None:
-    gateway = limited_gateway
-    statuses = [gateway.post_message({"user_id": "a", "text": "hi"}).status_code for _ in range(4)]
-    assert statuses == [202, 202, 202, 429]
-    limited = gateway.post_message({"user_id": "a", "text": "hi"})
-    assert limited.status_code == 429
-    assert 1 <= int(limited.headers["retry-after"]) <= 2
-    assert "user" in limited.json()["message"]
-    # Another user of the same tenant still gets through, up to the tenant's limit.
-    assert gateway.post_message({"user_id": "b", "text": "hi"}).status_code == 202
-    assert gateway.post_message({"user_id": "b", "text": "hi"}).status_code == 202
-    tenant_limited = gateway.post_message({"user_id": "c", "text": "hi"})
-    assert tenant_limited.status_code == 429
-    assert "tenant" in tenant_limited.json()["message"]
-    # Another tenant has its own count.
-    assert gateway.post_message({"user_id": "a", "text": "hi"}, key=GLOBEX_KEY).status_code == 202
-    assert gateway.metric("gateway_rate_limited_total", scope="user") >= 2
-    assert gateway.metric("gateway_rate_limited_total", scope="tenant") >= 1
-    time.sleep(2.1)
-    assert gateway.post_message({"user_id": "a", "text": "hi"}).status_code == 202
+    # The app in-process with a real limiter on the real Redis, on a clock of
+    # the test's own: a window cannot end half-way through the requests.
+    clock = ManualClock()
+    start = clock.now
+    limiter = RedisRateLimiter(redis_server.url, prefix=f"tests:{uuid.uuid4().hex}:", clock=clock)
+    settings = GatewaySettings(user_rate_limit=3, tenant_rate_limit=5, rate_limit_window=60.0)
+    app = create_app(
+        settings,
+        Tenants.from_file(tenants_file),
+        GrpcDialogueClient(dialogue.address),
+        rate_limiter=limiter,
+    )
+    with TestClient(app) as client:
+
+        def post(user_id: str, key: str = ACME_KEY) -> Any:
+            return client.post(
+                "/api/v1/messages",
+                json={"user_id": user_id, "text": "hi"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+
+        def limited(scope: str) -> float:
+            series = f'gateway_rate_limited_total{{scope="{scope}"}} '
+            lines = client.get("/metrics").text.splitlines()
+            return sum(float(x.removeprefix(series)) for x in lines if x.startswith(series))
+
+        assert [post("a").status_code for _ in range(4)] == [202, 202, 202, 429]
+        clock.now = start + 15.5
+        refused = post("a")
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "45"  # 44.5 s of the window left, rounded up
+        assert "user" in refused.json()["message"]
+        # Another user of the same tenant still gets through, up to the tenant's limit.
+        assert post("b").status_code == 202
+        assert post("b").status_code == 202
+        tenant_refused = post("c")
+        assert tenant_refused.status_code == 429
+        assert "tenant" in tenant_refused.json()["message"]
+        # Another tenant has its own count.
+        assert post("a", GLOBEX_KEY).status_code == 202
+        assert (limited("user"), limited("tenant")) == (2, 1)
+        # The window opened at the first request lasts 60 s to the millisecond.
+        clock.now = start + 59.999
+        last_moment = post("a")
+        assert last_moment.status_code == 429
+        assert last_moment.headers["retry-after"] == "1"
+        clock.now = start + 60
+        assert post("a").status_code == 202
     assert len(dialogue.events()) == 7
 
 
