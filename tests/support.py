@@ -91,3 +91,24 @@ def scrape(port: int) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
+
+
+def wait_for_samples(
+    port: int, expected: Mapping[str, float], timeout: float = 30.0, interval: float = 0.1
+) -> dict[str, float]:
+    """Scrapes until one scrape has every ``expected`` sample at its value; returns it.
+
+    Counters and sampled gauges move at their own moments: the condition is met
+    by one scrape as a whole, never checked piece by piece at different instants.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        wrong = {k: samples.get(k) for k, v in expected.items() if samples.get(k) != v}
+        if not wrong:
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"after {timeout}s, these samples differ from {dict(expected)}: {wrong}"
+            )
+        time.sleep(interval)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -186,6 +186,28 @@ def submit(
     return [r.status for r in reply.results]
 
 
+def settled(replicas: Replicas, user_ids: Iterable[str]) -> bool:
+    """No user of ``user_ids`` (Messenger users of the test tenant) has an item
+    queued or a lease held: none of their replies is still on its way.
+
+    A reply is sent under its user's lease, and the lease is given up only once
+    the send was answered; so after this holds, a reply that was not recorded
+    will never be (a killed worker's last request aside: the Graph API stand-in
+    records it within its own ``delay_s`` of the kill). The positive signal a
+    negative check waits for, instead of a sleep.
+    """
+    stub = replicas.stub()
+    for user_id in user_ids:
+        user = event_pb2.UserRef(
+            tenant_id=TENANT, channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
+        )
+        request = pb.GetConversationStateRequest(user=user)
+        state = stub.GetConversationState(request, timeout=10).state
+        if state.queue_length or state.lease_holder:
+            return False
+    return True
+
+
 def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.05) -> None:
     assert callable(predicate)
     deadline = time.monotonic() + timeout
@@ -196,4 +218,4 @@ def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.05) -
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-__all__ = ["TENANT", "Replicas", "message_event", "submit", "wait_for"]
+__all__ = ["TENANT", "Replicas", "message_event", "settled", "submit", "wait_for"]

@@ -11,11 +11,12 @@ import redis
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
+from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 from tests.redis_servers import RedisServer
-from tests.support import free_port, scrape
+from tests.support import free_port, scrape, wait_for_samples
 
 ACCEPTED = pb.SUBMIT_STATUS_ACCEPTED
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
@@ -59,22 +60,42 @@ def test_a_message_is_answered_logged_and_deduplicated(
     assert state().last_processed_event_id == "m_1"
 
 
-def test_converse_returns_the_replies_and_remembers_them(replicas: Replicas) -> None:
+def converse(
+    stub: dialogue_service_pb2_grpc.DialogueServiceStub, request: pb.ConverseRequest
+) -> tuple[pb.ConverseResponse, int]:
+    """Converse as its contract tells a client to: after DEADLINE_EXCEEDED the
+    event stays queued and is processed once, and a call with the same
+    ``event_id`` gives its result. Returns the answer and how many calls ran
+    out of time first (on a loaded machine a turn can take longer than one
+    call's deadline; that is not what these tests are about)."""
+    timed_out = 0
+    while True:
+        try:
+            return stub.Converse(request, timeout=10), timed_out
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or timed_out >= 11:
+                raise
+            timed_out += 1
+
+
+def test_converse_returns_the_replies_and_remembers_them(
+    replicas: Replicas, keyword_nlu: KeywordNlu
+) -> None:
     replicas.start(1)
     stub = replicas.stub()
     user = event_pb2.UserRef(tenant_id=TENANT, channel=event_pb2.CHANNEL_API, user_id="web-1")
-    first = stub.Converse(
-        pb.ConverseRequest(user=user, text="where is my order 12345", event_id="c1"), timeout=10
-    )
+    request = pb.ConverseRequest(user=user, text="where is my order 12345", event_id="c1")
+    first, timed_out = converse(stub, request)
     assert first.intent.name == "order_status"
     assert [(e.entity, e.value) for e in first.entities] == [("order_id", "12345")]
     assert first.replies[0].text == "I couldn't find order 12345. Could you check the number?"
-    assert not first.duplicate
-    again = stub.Converse(
-        pb.ConverseRequest(user=user, text="where is my order 12345", event_id="c1"), timeout=10
-    )
+    if not timed_out:
+        assert not first.duplicate
+    again, _ = converse(stub, request)
     assert again.duplicate
     assert again.replies[0].text == first.replies[0].text
+    # However many calls it took, the message was processed once.
+    assert keyword_nlu.calls.count("where is my order 12345") == 1
     state = stub.GetConversationState(pb.GetConversationStateRequest(user=user)).state
     assert state.slots["order_id"] == "12345"
 
@@ -85,8 +106,11 @@ def test_actions_use_slots_and_the_external_api(replicas: Replicas, graph_api: G
     stub = replicas.stub()
     user = event_pb2.UserRef(tenant_id=TENANT, channel=event_pb2.CHANNEL_API, user_id="web-2")
 
+    said = iter(range(1000))
+
     def say(text: str) -> str:
-        return stub.Converse(pb.ConverseRequest(user=user, text=text), timeout=10).replies[0].text
+        request = pb.ConverseRequest(user=user, text=text, event_id=f"w2-{next(said)}")
+        return converse(stub, request)[0].replies[0].text
 
     assert say("where is my order") == "Sure, what's your order number?"
     assert say("my order 55555 please") == "Order 55555 is shipped. Expected delivery: tomorrow."
@@ -405,23 +429,29 @@ def test_metrics_follow_the_traffic(replicas: Replicas, graph_api: GraphApi) -> 
     stub = replicas.stub()
     submit(stub, message_event("metered", "m_me1", "hello"))
     submit(stub, message_event("metered", "m_me1", "hello"))
-    wait_for(lambda: len(graph_api.sent) == 1)
-    wait_for(lambda: scrape(port).get('dialogue_items_processed_total{kind="event"}', 0) == 1)
-    samples = scrape(port)
-    assert samples['dialogue_events_submitted_total{outcome="accepted"}'] == 1
-    assert samples['dialogue_events_submitted_total{outcome="duplicate"}'] == 1
-    assert samples['dialogue_send_results_total{outcome="ok"}'] == 1
-    for stage in ("nlu", "send"):
-        assert samples[f'dialogue_stage_seconds_count{{stage="{stage}"}}'] == 1
-    # The records left with the completion; the outbox writer delivers them.
-    wait_for(lambda: scrape(port).get("dialogue_chatlog_messages_written_total", 0) == 2)
-    assert samples["dialogue_active_leases"] == 0
-    assert samples["dialogue_queued_items"] == 0
     parse = (
         'grpc_client_handling_seconds_count{grpc_code="OK",grpc_method="Parse",'
         'grpc_service="chatbot.nlu.v1.NluService"}'
     )
-    assert samples[parse] == 1
+    # Counters move as the turn goes, the lease gauge as the turn ends, the
+    # queue gauge when the reaper samples it: one scrape must show them all.
+    wait_for_samples(
+        port,
+        {
+            'dialogue_events_submitted_total{outcome="accepted"}': 1,
+            'dialogue_events_submitted_total{outcome="duplicate"}': 1,
+            'dialogue_items_processed_total{kind="event"}': 1,
+            'dialogue_send_results_total{outcome="ok"}': 1,
+            'dialogue_stage_seconds_count{stage="nlu"}': 1,
+            'dialogue_stage_seconds_count{stage="send"}': 1,
+            parse: 1,
+            # The records left with the completion; the outbox writer delivers them.
+            "dialogue_chatlog_messages_written_total": 2,
+            "dialogue_active_leases": 0,
+            "dialogue_queued_items": 0,
+        },
+    )
+    assert [m.in_reply_to for m in graph_api.sent] == ["m_me1"]
 
 
 def test_queue_metrics_see_a_backlog(

@@ -17,9 +17,10 @@ import pytest
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
-from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
+from tests.dialogue.conftest import TENANT, Replicas, message_event, settled, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 from tests.redis_servers import RedisServer
+from tests.support import free_port, wait_for_samples
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +93,8 @@ def test_every_message_is_answered_once_and_in_order(
     expected = play(replicas, users=200, messages=20)
     total = sum(len(m) for m in expected.values())
     wait_for(lambda: len(graph_api.sent) >= total, timeout=300, interval=0.5)
-    time.sleep(1.0)  # anything extra would show now
-    replies = graph_api.replies_by_user()
+    wait_for(lambda: settled(replicas, expected), timeout=60, interval=0.5)
+    replies = graph_api.replies_by_user()  # nothing more can come now
     assert len(graph_api.sent) == total
     for user, mids in expected.items():
         assert replies[user] == mids, user
@@ -112,7 +113,7 @@ def test_redis_cluster_keeps_order_and_once(
     expected = play(cluster_replicas, users=60, messages=10)
     total = sum(len(m) for m in expected.values())
     wait_for(lambda: len(graph_api.sent) >= total, timeout=300, interval=0.5)
-    time.sleep(1.0)
+    wait_for(lambda: settled(cluster_replicas, expected), timeout=60, interval=0.5)
     replies = graph_api.replies_by_user()
     assert len(graph_api.sent) == total
     for user, mids in expected.items():
@@ -143,6 +144,7 @@ def test_kill_9_loses_nothing_and_never_reorders(replicas: Replicas, graph_api: 
         timeout=300,
         interval=0.5,
     )
+    wait_for(lambda: settled(replicas, expected), timeout=60, interval=0.5)
     repeated = 0
     for user, mids in expected.items():
         sequence, repeats = collapse(replies()[user])
@@ -161,7 +163,13 @@ def test_a_paused_worker_cannot_send_or_log_after_its_lease_passed(
     recording_chatlog: RecordingChatlog,
 ) -> None:
     keyword_nlu.delay_s = 2.0
-    replicas.start(2, DIALOGUE_LEASE_MS="1000", NLU_TIMEOUT_MS="8000")
+    metrics_ports = {}
+    for _ in range(2):
+        port = free_port()
+        (started,) = replicas.start(
+            1, DIALOGUE_LEASE_MS="1000", NLU_TIMEOUT_MS="8000", METRICS_PORT=str(port)
+        )
+        metrics_ports[started.proc.pid] = port
     stub = replicas.stub(1)
     submit(stub, message_event("paused", "m_p1", "hello"))
     wait_for(lambda: keyword_nlu.calls.count("hello") == 1)
@@ -179,8 +187,14 @@ def test_a_paused_worker_cannot_send_or_log_after_its_lease_passed(
         wait_for(lambda: len(graph_api.sent) == 1, timeout=30)
     finally:
         holder.proc.send_signal(signal.SIGCONT)
-    time.sleep(4.0)  # the paused worker wakes up, gets its NLU answer, tries to go on
+    # The paused worker wakes up, gets its NLU answer and tries to go on: wait
+    # until its turn is over (it holds no lease any more, having been refused).
+    holder_metrics = wait_for_samples(metrics_ports[pid], {"dialogue_active_leases": 0}, timeout=60)
+    assert holder_metrics.get("dialogue_fencing_rejections_total", 0) >= 1
+    wait_for(lambda: settled(replicas, ["paused"]))
     assert [m.in_reply_to for m in graph_api.sent] == ["m_p1"]
+    # The other replica's records reach the chatlog through its outbox.
+    wait_for(lambda: (TENANT, "m_p1:r0") in recording_chatlog.messages)
     tokens = {m.fencing_token for m in recording_chatlog.attempts if m.user.user_id == "paused"}
     assert first_token not in tokens
     assert tokens and min(tokens) > first_token
@@ -223,6 +237,7 @@ def test_redis_restart_with_append_only_file_loses_nothing(
         timeout=300,
         interval=0.5,
     )
+    wait_for(lambda: settled(replicas, expected), timeout=60, interval=0.5)
     for user, mids in expected.items():
         sequence, repeats = collapse(replies()[user])
         assert sequence == mids, user

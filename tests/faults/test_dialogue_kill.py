@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.dialogue.conftest import Replicas
+from tests.dialogue.conftest import Replicas, settled
 from tests.faults.conftest import submitter
 from tests.faults.load import Load, wait_for
 from tests.faults.system import GraphApi
@@ -39,7 +38,8 @@ def test_kill_9_of_dialogue_replicas_under_load(
         return tally(load.expected, graph_api.replies_by_user()).complete
 
     drained = wait_for(answered, timeout=60, interval=0.25)
-    time.sleep(1.0)  # a late duplicate would show now
+    # Every queue empty and no lease held: a late duplicate would have shown by now.
+    wait_for(lambda: settled(replicas, load.expected), timeout=60, interval=0.25)
     result = tally(load.expected, graph_api.replies_by_user())
     # At most one repeat per user per crash, and only for users a killed
     # replica was working on: at most WORKERS of them per crash.
