@@ -98,6 +98,14 @@ $(TOXIPROXY):
 .PHONY: toxiproxy
 toxiproxy: $(TOXIPROXY) ## Build toxiproxy (network faults for the partition test) once, cached.
 
+# ---- Kubernetes control plane -----------------------------------------------
+
+# kube-apiserver, -controller-manager, -scheduler, kubectl, etcd and kwok, keyed
+# by version in the shared cache; a no-op once built (tests/k8s/test_control_plane.py).
+.PHONY: kube
+kube: ## Build the local Kubernetes control plane (kwok nodes) once, cached.
+	$(PYTHON) scripts/kube_control_plane.py build >/dev/null
+
 # ---- system packages ------------------------------------------------------
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -166,7 +174,7 @@ k8s-check: $(VENV)/.installed ## Lint the Dockerfiles; render, validate and poli
 	bash scripts/k8s_check.sh
 
 .PHONY: test
-test: system-deps proto train toxiproxy lint breaking k8s-check ## Install what is missing and run every test.
+test: system-deps proto train toxiproxy kube lint breaking k8s-check ## Install what is missing and run every test.
 	NLU_PYTHON=$(NLU_PY) TOXIPROXY_SERVER=$(TOXIPROXY) $(VENV)/bin/pytest
 
 .PHONY: bench-chatlog bench-dialogue bench-gateway
