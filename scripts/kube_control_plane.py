@@ -221,7 +221,6 @@ def build(root: Path | None = None) -> Path:
         **os.environ,
         "CGO_ENABLED": "0",
         "GOFLAGS": (os.environ.get("GOFLAGS", "") + " -mod=mod -buildvcs=false").strip(),
-        "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "local"),
     }
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".kube-build.", dir=target.parent.parent))

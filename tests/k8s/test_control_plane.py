@@ -352,6 +352,15 @@ def test_every_deployment_is_available_on_kwok_nodes(deployed: Deployed) -> None
         assert status["availableReplicas"] == deployment["spec"]["replicas"] >= 1, name
         pods = owned_pods(deployed, "Deployment", name)
         assert len(pods) == deployment["spec"]["replicas"], name
+    # dev's datastores too, on the volumes bound for them.
+    for name in deployed.rendered_of("StatefulSet"):
+
+        def ready(name: str = name) -> bool:
+            sets = deployed.stored("/apis/apps/v1/namespaces/{ns}/statefulsets", "StatefulSet")
+            status = sets[name].get("status", {})
+            return bool(status.get("readyReplicas") == sets[name]["spec"]["replicas"])
+
+        wait_for(ready, f"StatefulSet {name} ready")
     for pod in deployed.pods():
         if pod["status"].get("phase") == "Running":
             node = nodes[pod["spec"]["nodeName"]]
@@ -390,6 +399,7 @@ def test_services_send_traffic_to_their_own_pods_only(deployed: Deployed) -> Non
             for p in deployed.pods()
             if p["metadata"]["name"] in expected and p["status"].get("podIP")
         }
+        assert running, f"no pod of {name} has an address"
         wait_for(
             lambda running=running: endpoints() == running,  # type: ignore[misc]
             f"{name}'s endpoints are {sorted(running)}",
