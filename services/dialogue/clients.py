@@ -11,6 +11,7 @@ slow). Either way a chatlog outage delays no user and loses no message.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,17 +58,24 @@ class Nlu(Protocol):
 
 
 class GrpcNlu:
+    """Parses through the NLU service. Parses asked for in the same turn of the
+    event loop (the turns a dispatcher starts together) go as one
+    ``ParseBatch``; a parse alone goes as ``Parse``, with no wait for company."""
+
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 3.0) -> None:
         self._stub = nlu_service_pb2_grpc.NluServiceStub(channel)
         self._timeout_s = timeout_s
+        self._waiting: list[tuple[nlu_pb.ParseRequest, asyncio.Future[nlu_pb.ParseResponse]]] = []
+        self._batches = True  # until the server says it has no ParseBatch
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def parse(self, text: str, tenant_id: str) -> Understanding:
-        try:
-            reply = await self._stub.Parse(
-                nlu_pb.ParseRequest(text=text[:2000], tenant_id=tenant_id), timeout=self._timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise NluUnavailable(f"NLU: {exc.code().name}: {exc.details()}") from exc
+        request = nlu_pb.ParseRequest(text=text[:2000], tenant_id=tenant_id)
+        future: asyncio.Future[nlu_pb.ParseResponse] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._waiting.append((request, future))
+        reply = await future
         return Understanding(
             intent=reply.intent,
             ranking=list(reply.intent_ranking),
@@ -76,6 +84,72 @@ class GrpcNlu:
             is_fallback=reply.is_fallback,
         )
 
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._send(waiting))
+        self._flushes.add(task)
+
+        def settled(task: asyncio.Task[None]) -> None:
+            self._flushes.discard(task)
+            # Whatever happened to the call, no caller is left waiting.
+            error = None if task.cancelled() else task.exception()
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(NluUnavailable(f"NLU: {error!r}"))
+
+        task.add_done_callback(settled)
+
+    async def _send(
+        self, waiting: list[tuple[nlu_pb.ParseRequest, asyncio.Future[nlu_pb.ParseResponse]]]
+    ) -> None:
+        if len(waiting) > 1 and self._batches:
+            batch = nlu_pb.ParseBatchRequest(requests=[request for request, _ in waiting])
+            try:
+                replies = await self._stub.ParseBatch(batch, timeout=self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._batches = False
+                if exc.code() not in _BATCH_REFUSALS:
+                    _fail(waiting, exc)
+                    return
+                # One text the batch could not take: each alone, so only it fails.
+            else:
+                for (_, future), reply in zip(waiting, replies.responses, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
+                return
+        await asyncio.gather(*(self._one(request, future) for request, future in waiting))
+
+    async def _one(
+        self, request: nlu_pb.ParseRequest, future: asyncio.Future[nlu_pb.ParseResponse]
+    ) -> None:
+        try:
+            reply = await self._stub.Parse(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            _fail([(request, future)], exc)
+        else:
+            if not future.done():
+                future.set_result(reply)
+
+
+# A batch refused for one of its texts (or not served): the texts go one by one.
+_BATCH_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _fail(
+    waiting: list[tuple[nlu_pb.ParseRequest, asyncio.Future[nlu_pb.ParseResponse]]],
+    exc: grpc.aio.AioRpcError,
+) -> None:
+    error = NluUnavailable(f"NLU: {exc.code().name}: {exc.details()}")
+    for _, future in waiting:
+        if not future.done():
+            future.set_exception(error)
+
 
 class Chatlog(Protocol):
     async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None: ...
@@ -83,6 +157,8 @@ class Chatlog(Protocol):
 
 # Messages per merged replay call (the chatlog takes up to 500).
 REPLAY_BATCH = 200
+# How often a writer looks for entries a dead writer left unacknowledged.
+CLAIM_INTERVAL_S = 15.0
 
 # An outbox entry as read: (stream, entry id, fields).
 _Entry = tuple[str, bytes, dict[bytes, bytes]]
@@ -162,42 +238,57 @@ class ChatlogOutbox:
     async def _replay(self, streams: list[str], block_ms: int) -> None:
         backoff = 0.5
         ready = False
+        # Entries this consumer was given but has not acknowledged exist only
+        # after a start or a failure: only then are they looked for.
+        recovering = True
+        next_claim = 0.0
         while True:
             try:
                 if not ready:
                     for stream in streams:
                         await self._ensure_group(stream)
                     ready = True
-                entries = await self._read(streams, block_ms)
+                entries: list[_Entry] = []
+                if recovering:
+                    entries = _entries(
+                        await self._redis.xreadgroup(
+                            self.GROUP, self._consumer, dict.fromkeys(streams, "0"), count=100
+                        )
+                    )
+                    recovering = bool(entries)
+                if not entries and time.monotonic() >= next_claim:
+                    # A dead writer's entries, now and then (they wait 60 s anyway).
+                    next_claim = time.monotonic() + CLAIM_INTERVAL_S
+                    entries = await self._claim(streams)
+                if not entries:
+                    # New ones, waited for without cost.
+                    entries = _entries(
+                        await self._blocking.xreadgroup(
+                            self.GROUP,
+                            self._consumer,
+                            dict.fromkeys(streams, ">"),
+                            count=100,
+                            block=block_ms,
+                        )
+                    )
                 await self._deliver_many(entries)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                recovering = True
                 _log.warning("outbox replay waiting for the chatlog", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _read(self, streams: list[str], block_ms: int) -> list[_Entry]:
-        # Ours first (delivered, not yet acknowledged), then a dead replayer's,
-        # then new ones, waiting for them without cost.
-        mine = await self._redis.xreadgroup(
-            self.GROUP, self._consumer, dict.fromkeys(streams, "0"), count=100
-        )
-        entries = _entries(mine)
-        if entries:
-            return entries
+    async def _claim(self, streams: list[str]) -> list[_Entry]:
+        entries: list[_Entry] = []
         for stream in streams:
             claimed = await self._redis.xautoclaim(
                 stream, self.GROUP, self._consumer, min_idle_time=60_000, count=100
             )
             entries += [(stream, entry_id, fields) for entry_id, fields in claimed[1]]
-        if entries:
-            return entries
-        fresh = await self._blocking.xreadgroup(
-            self.GROUP, self._consumer, dict.fromkeys(streams, ">"), count=100, block=block_ms
-        )
-        return _entries(fresh)
+        return entries
 
     async def _deliver_many(self, entries: list[_Entry]) -> None:
         """Catches up in few calls: entries are merged into requests of up to
@@ -243,9 +334,11 @@ class ChatlogOutbox:
         by_stream: dict[str, list[bytes]] = {}
         for stream, entry_id, _ in entries:
             by_stream.setdefault(stream, []).append(entry_id)
+        pipe = self._redis.pipeline(transaction=False)
         for stream, ids in by_stream.items():
-            await self._redis.xack(stream, self.GROUP, *ids)
-            await self._redis.xdel(stream, *ids)
+            pipe.xack(stream, self.GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute()
 
     async def _deliver(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         raw = fields.get(b"r")

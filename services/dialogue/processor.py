@@ -255,6 +255,10 @@ class Processor:
                         extra={"tenant": tenant.id, "code": exc.code, "reply_id": reply.reply_id},
                     )
                 break
+            if index + 1 == len(replies):
+                # The last reply's mark is the completion that follows at once
+                # (one round trip fewer), which also waits out a Redis blip.
+                return
             # Sent: unless the mark is written, a retry of the item sends it again.
             # A Redis blip is waited out while the lease surely holds.
             marking = True
@@ -307,16 +311,23 @@ class Processor:
         await self._chatlog.append([record])
         channel = self._channels.get(lease.user.channel)
         if channel is not None and head.replies_sent == 0:
-            await self._store.ensure(lease)
-            try:
-                await channel.send(tenant, lease.user.user_id, reply, "")
-            except SendError as exc:
-                if not exc.permanent:
-                    raise
-                return await self._store.complete(
-                    lease, head, RESULT_REFUSED + f"the channel refused it: {exc}".encode()
-                )
-            await self._store.mark_sent(lease, head.item.item_id, 1)
+            while True:
+                # As for replies: an attempt that ends before the lease's local
+                # deadline ends inside the lease, so a stalled worker sends nothing late.
+                await self._store.ensure(lease)
+                try:
+                    await channel.send(
+                        tenant, lease.user.user_id, reply, "", deadline=lease.state.valid_until
+                    )
+                except SendHeld:
+                    continue
+                except SendError as exc:
+                    if not exc.permanent:
+                        raise
+                    return await self._store.complete(
+                        lease, head, RESULT_REFUSED + f"the channel refused it: {exc}".encode()
+                    )
+                break
         response = pb.SendAgentMessageResponse(
             reply=reply, sent_time=timestamp_ms(_now_ms()), fencing_token=lease.token
         )

@@ -7,6 +7,7 @@ step of a worker whose lease is no longer current.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -17,6 +18,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.dialogue import scripts
 from services.dialogue.keys import (
@@ -268,6 +272,7 @@ class DialogueStore:
         self.single_node = not isinstance(redis, RedisCluster)
         self.shards = all_shards(max(1, settings.shards))
         self.outbox_cap = max(1, settings.outbox_max // len(self.shards))
+        self._lease_s = settings.lease_ms / 1000
         self._submit = redis.register_script(scripts.SUBMIT)
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._renew = redis.register_script(scripts.RENEW)
@@ -374,8 +379,33 @@ class DialogueStore:
         """The user's lease and their queue's head in one step; ``Hold`` when an
         earlier event may still arrive first; None when another worker has the
         user or nothing is queued."""
+        keys, args = self._acquire_call(user)
+        asked = time.monotonic()
+        return await self._taken(user, await self._acquire(keys=keys, args=args), asked)
+
+    async def take_many(self, users: list[UserId]) -> list[Acquired | Hold | None]:
+        """``take`` for several users in one pipelined exchange (the users a
+        dispatcher popped together), in their order."""
+        if len(users) == 1:
+            return [await self.take(users[0])]
+        pipe = self.redis.pipeline(transaction=False)
+        for user in users:
+            keys, args = self._acquire_call(user)
+            pipe.evalsha(self._acquire.sha, len(keys), *keys, *args)
+        asked = time.monotonic()
+        replies = await pipe.execute(raise_on_error=False)
+        taken: list[Acquired | Hold | None] = []
+        for user, reply in zip(users, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                taken.append(await self.take(user))  # loads the script
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                taken.append(await self._taken(user, reply, asked))
+        return taken
+
+    def _acquire_call(self, user: UserId) -> tuple[list[str], list[str | int | float]]:
         k = UserKeys(user)
-        lease_s = self.settings.lease_ms / 1000
         keys = [
             k.lease, k.fence, k.queue, k.sched, k.tries, k.unsettled, k.sent, k.slots, k.handoff,
         ]  # fmt: skip
@@ -388,18 +418,20 @@ class DialogueStore:
         ]
         if self.single_node:
             keys.append(self.shard(user).active)
-            args += [user.member(), time.time() + lease_s + self.settings.stall_grace_s]
-        asked = time.monotonic()
-        reply = await self._acquire(keys=keys, args=args)
+            args += [user.member(), time.time() + self._lease_s + self.settings.stall_grace_s]
+        return keys, args
+
+    async def _taken(self, user: UserId, reply: Any, asked: float) -> Acquired | Hold | None:
+        """ACQUIRE's reply as a value; ``asked``: when it was sent (monotonic)."""
         code = int(reply[0])
         if code <= -2:
             return Hold((-2 - code + 1) / 1000)
         if code <= 0:
             return None
         if not self.single_node:
-            await self._touch(user, lease_s + self.settings.stall_grace_s)
-        lease = Lease(user, k, code, f"{self.settings.holder}|{code}")
-        lease.state.valid_until = asked + lease_s
+            await self._touch(user, self._lease_s + self.settings.stall_grace_s)
+        lease = Lease(user, UserKeys(user), code, f"{self.settings.holder}|{code}")
+        lease.state.valid_until = asked + self._lease_s
         return Acquired(lease, _head_from(*reply[1:]))
 
     async def renew(self, lease: Lease) -> bool:
@@ -490,14 +522,37 @@ class DialogueStore:
                 traceparent,
                 self.outbox_cap,
             ]
-        remaining = int(await self._complete(keys=keys, args=args))
-        if remaining < 0:
-            raise Fenced(f"lease {lease.value} lost (complete: {remaining})")
+        remaining = await self._complete_waiting_out_blips(lease, head, keys, args)
         if release:
             lease.state.released = True
             if remaining > 0 and not self.single_node:
                 await self._reschedule(lease.user)
         return remaining
+
+    async def _complete_waiting_out_blips(
+        self, lease: Lease, head: Head, keys: list[str], args: list[str | int | float | bytes]
+    ) -> int:
+        """Runs COMPLETE; a Redis blip is retried while the lease surely holds.
+
+        The completion also stands for the last reply's mark: given up on a
+        blip, the item would be tried again and that reply sent twice. A retry
+        whose first attempt did run (only its answer was lost) finds the head
+        gone and the item's result stored: done."""
+        pause, retried = 0.05, False
+        while True:
+            try:
+                remaining = int(await self._complete(keys=keys, args=args))
+            except (RedisConnectionError, RedisTimeoutError):
+                if time.monotonic() + pause > lease.state.valid_until:
+                    raise
+                await asyncio.sleep(pause)
+                pause, retried = min(pause * 2, 1.0), True
+                continue
+            if remaining >= 0:
+                return remaining
+            if retried and await self.redis.exists(lease.keys.result(head.item.item_id)):
+                return int(await self.redis.llen(lease.keys.queue))
+            raise Fenced(f"lease {lease.value} lost (complete: {remaining})")
 
     async def dead_letter(self, lease: Lease, head: Head, error: str, result: bytes) -> None:
         """Moves the head to its tenant's dead letters; the queue moves on."""

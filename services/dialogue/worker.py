@@ -111,11 +111,19 @@ class Workers:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            for user in users:
+            for _ in users:
                 # Another shard's dispatcher may have taken a slot meanwhile;
                 # a popped user then waits here, and the reaper would find them.
                 await self._slots.take()
-                task = asyncio.create_task(self._turn(user))
+            # Every popped user's lease and head in one exchange; a user whose
+            # take fails here is taken again inside its turn.
+            taken: list[Acquired | Hold | RedisError | None]
+            try:
+                taken = list(await self._store.take_many(users))
+            except RedisError as exc:
+                taken = [exc] * len(users)
+            for user, first in zip(users, taken, strict=True):
+                task = asyncio.create_task(self._turn(user, first))
                 self._turns.add(task)
                 task.add_done_callback(self._turn_done)
 
@@ -125,25 +133,30 @@ class Workers:
         if not task.cancelled() and task.exception() is not None:
             _log.error("turn failed", extra={"error": repr(task.exception())})
 
-    async def _take_popped(self, user: UserId) -> Acquired | None:
+    async def _take_popped(
+        self, user: UserId, first: Acquired | Hold | RedisError | None
+    ) -> Acquired | None:
         # This worker took the user off the ready list: until it holds the lease
         # nobody else serves them but the reaper, much later. So a Redis outage
         # is waited out here rather than dropping the user.
         backoff = 0.2
+        taken = first
         while True:
-            try:
-                taken = await self._store.take(user)
-                if not isinstance(taken, Hold):
-                    return taken
+            if taken is None or isinstance(taken, Acquired):
+                return taken
+            if isinstance(taken, Hold):
                 await asyncio.sleep(taken.seconds)
-                continue
-            except RedisError as exc:
-                _log.warning("lease not acquired; retrying", extra={"error": repr(exc)})
+            else:
+                _log.warning("lease not acquired; retrying", extra={"error": repr(taken)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            try:
+                taken = await self._store.take(user)
+            except RedisError as exc:
+                taken = exc
 
-    async def _turn(self, user: UserId) -> None:
-        taken = await self._take_popped(user)
+    async def _turn(self, user: UserId, first: Acquired | Hold | RedisError | None) -> None:
+        taken = await self._take_popped(user, first)
         if taken is None:
             return  # another worker has the user, or nothing is left
         lease = taken.lease

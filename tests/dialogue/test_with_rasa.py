@@ -36,6 +36,8 @@ def test_a_conversation_understood_by_the_rasa_model(
     wait_for(lambda: len(graph_api.sent) == len(texts), timeout=60)
     assert [m.in_reply_to for m in graph_api.sent] == [e.event_id for e in events]
     assert graph_api.sent[1].text == "In Berlin it's 21°C and sunny."
+    # The chatlog is written after the replies go out, by the outbox's writer.
+    wait_for(lambda: len(recording_chatlog.inbound("rasa-fb")) == len(texts), timeout=30)
     logged = {m.message_id: m for m in recording_chatlog.inbound("rasa-fb")}
     assert [logged[e.event_id].intent.name for e in events] == [
         "greet",
