@@ -34,7 +34,13 @@ from services.dialogue.processor import (
     conversation_id,
     storable_ms,
 )
-from services.dialogue.store import DeadLetterRecord, DialogueStore, QueueItem, SubmitStatus
+from services.dialogue.store import (
+    DeadLetterCursor,
+    DeadLetterRecord,
+    DialogueStore,
+    QueueItem,
+    SubmitStatus,
+)
 
 _log = get_logger("dialogue.servicer")
 
@@ -394,15 +400,18 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
                 raise Invalid(f"page_size must be between 0 and {MAX_PAGE}")
             size = request.page_size or DEFAULT_PAGE
             bound = {"t": request.tenant_id, "c": int(request.channel), "u": request.user_id}
-            offset = 0
+            cursor: DeadLetterCursor | None = None
             if request.page_token:
-                offset = int(self._unsign(request.page_token, bound).get("o", 0))
+                mark = self._unsign(request.page_token, bound)
+                if "s" in mark:  # a token of an older replica, by offset, starts over
+                    cursor = DeadLetterCursor(float(mark["s"]), str(mark["i"]))
             found: list[DeadLetterRecord] = []
-            more = True
-            while len(found) < size and more:
-                batch, more = await self._store.list_dead_letters(request.tenant_id, offset, size)
+            while len(found) < size:
+                batch, batch_end = await self._store.dead_letters_after(
+                    request.tenant_id, cursor, size
+                )
                 for record in batch:
-                    offset += 1
+                    cursor = DeadLetterCursor(record.last_failure_ms, record.dead_letter_id)
                     if request.channel and record.user.channel != request.channel:
                         continue
                     if request.user_id and record.user.user_id != request.user_id:
@@ -410,11 +419,17 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
                     found.append(record)
                     if len(found) == size:
                         break
+                else:
+                    cursor = batch_end  # past the whole batch, records or not
+                    if batch_end is None:
+                        break
             response = pb.ListDeadLettersResponse(dead_letters=[self._dead(r) for r in found])
-            if (more or len(found) == size) and (
-                await self._store.list_dead_letters(request.tenant_id, offset, 1)
-            )[0]:
-                response.next_page_token = self._sign({**bound, "o": offset})
+            if cursor is not None and len(found) == size:
+                following, _ = await self._store.dead_letters_after(request.tenant_id, cursor, 1)
+                if following:
+                    response.next_page_token = self._sign(
+                        {**bound, "s": cursor.score, "i": cursor.dead_letter_id}
+                    )
             return response
         except (Invalid, RedisError) as exc:
             await self._fail(context, exc)

@@ -176,6 +176,14 @@ class DeadLetterRecord:
 
 
 @dataclass(frozen=True)
+class DeadLetterCursor:
+    """Where a listing of dead letters stopped: the last entry's score and id."""
+
+    score: float
+    dead_letter_id: str
+
+
+@dataclass(frozen=True)
 class UserState:
     queue_length: int
     lease_holder: str
@@ -758,19 +766,57 @@ class DialogueStore:
     async def list_dead_letters(
         self, tenant_id: str, offset: int, count: int
     ) -> tuple[list[DeadLetterRecord], bool]:
+        """Up to ``count`` dead letters from the ``offset``-th newest; and whether more follow."""
         tk = TenantKeys(tenant_id)
         ids = await self.redis.zrevrange(tk.dead_index, offset, offset + count)
         more = len(ids) > count
-        ids = ids[:count]
+        records = await self._records(tk, ids[:count])
+        return records, more
+
+    async def dead_letters_after(
+        self, tenant_id: str, after: DeadLetterCursor | None, count: int
+    ) -> tuple[list[DeadLetterRecord], DeadLetterCursor | None]:
+        """Up to ``count`` index entries, newest failure first, strictly after
+        ``after``; with the cursor of the last entry read, or None at the end.
+
+        A cursor, not an offset: dead letters added or replayed between two
+        pages neither shift nor repeat what the next page shows. Entries whose
+        record is not (or no longer) there are read past, not returned."""
+        tk = TenantKeys(tenant_id)
+        top: float | str = "+inf" if after is None else after.score
+        entries: list[tuple[str, float]] = []
+        skip = 0
+        while len(entries) <= count:  # one more than asked: is there a next page?
+            page = await self.redis.zrevrangebyscore(
+                tk.dead_index, top, "-inf", start=skip, num=count + 1, withscores=True
+            )
+            if not page:
+                break
+            skip += len(page)
+            for raw_id, score in page:
+                dead_id = _text(raw_id)
+                # Equal scores come in reverse order of the id: ours were read.
+                if after is not None and score == after.score and dead_id >= after.dead_letter_id:
+                    continue
+                entries.append((dead_id, float(score)))
+        if not entries:
+            return [], None
+        taken = entries[:count]
+        last = taken[-1]
+        records = await self._records(tk, [dead_id for dead_id, _ in taken])
+        cursor = DeadLetterCursor(last[1], last[0]) if len(entries) > count else None
+        return records, cursor
+
+    async def _records(self, tk: TenantKeys, ids: list[Any]) -> list[DeadLetterRecord]:
         if not ids:
-            return [], False
+            return []
         pointers = await self.redis.hmget(tk.dead_items, ids)
         records = []
         for dead_id, pointer in zip(ids, pointers, strict=True):
             record = await self._resolve(_text(dead_id), pointer)
             if record is not None:
                 records.append(record)
-        return records, more
+        return records
 
     async def _resolve(self, dead_id: str, pointer: Any) -> DeadLetterRecord | None:
         """The record a tenant's pointer leads to (None: not, or not yet, written)."""
