@@ -2,7 +2,8 @@
 
 Both call the chatlog service's RPCs (GetRetentionPolicy, SetRetentionPolicy,
 DeleteUserData), the same ones the admin console's "Retention and erasure"
-page uses; the chatlog logs every change.
+page uses; the chatlog logs every change. ``erase-user`` also deletes the
+customer's name and picture cached by the console (in the Redis it uses).
 """
 
 from __future__ import annotations
@@ -92,6 +93,17 @@ def erase_user(
         bool, typer.Option("--yes", help="do not ask for confirmation (for scripts)")
     ] = False,
     address: Address = "127.0.0.1:50053",
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="REDIS_URL",
+            help="the Redis the gateway uses: its cached name and picture of the customer go too",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", envvar="ADMIN_REDIS_PREFIX", help="the console's key prefix")
+    ] = "admin:",
 ) -> None:
     """Erase one customer's messages, the bot's replies and their conversations. No undo."""
     from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
@@ -119,6 +131,44 @@ def erase_user(
         f"erased {reply.deleted_message_count} messages in "
         f"{reply.deleted_conversation_count} conversations"
     )
+    if channel in (None, "messenger"):
+        _forget_profile(redis_url, prefix, tenant, user_id)
+
+
+def _forget_profile(redis_url: str | None, prefix: str, tenant: str, user_id: str) -> None:
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from mesh.logging import redact
+    from services.gateway.admin.backends import connect_redis
+    from services.gateway.admin.profiles import forget_profile
+
+    if not redis_url:
+        typer.echo(
+            "note: the console's cached name and picture (if any) expire on their own; "
+            "give --redis-url (or REDIS_URL) to erase them now",
+            err=True,
+        )
+        return
+
+    async def forget() -> bool:
+        redis = await connect_redis(redis_url)
+        try:
+            return await forget_profile(redis, prefix, tenant, user_id)
+        finally:
+            await redis.aclose()
+
+    try:
+        found = asyncio.run(forget())
+    except (RedisError, OSError) as exc:
+        typer.echo(
+            f"error: the cached name and picture are not erased: Redis at {redact(redis_url)} "
+            f"cannot be reached ({type(exc).__name__}); run this again",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
+    typer.echo("cached name and picture erased" if found else "no cached name and picture")
 
 
 def _describe(policy: RetentionPolicy) -> str:

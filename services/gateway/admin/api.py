@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from chatbot.common.v1 import event_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from starlette.requests import Request
@@ -104,7 +105,15 @@ class Api:
             params.text(q, "page_token", limit=4096),
             params.integer(q, "page_size", 50, 1, 1000),
         )
-        return JSONResponse(to_json(found))
+        body = to_json(found)
+        known = await self._console.profiles.lookup(tenant, [c.user for c in found.conversations])
+        for conversation, item in zip(
+            found.conversations, body.get("conversations", []), strict=True
+        ):
+            profile = known.get(conversation.user.user_id)
+            if profile is not None and conversation.user.channel == event_pb2.CHANNEL_MESSENGER:
+                item["customer"] = profile.to_json()
+        return JSONResponse(body)
 
     async def search(self, request: Request) -> Response:
         who, tenant = self._tenant(request)

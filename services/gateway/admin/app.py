@@ -36,6 +36,7 @@ from services.gateway.admin.errors import BackendUnavailable
 from services.gateway.admin.guard import Guard, exception_handlers
 from services.gateway.admin.lockout import LoginThrottle
 from services.gateway.admin.pages import API_PREFIX, PAGES_PREFIX, Pages
+from services.gateway.admin.profiles import CustomerProfiles
 from services.gateway.admin.render import Renderer
 from services.gateway.admin.service import ConsoleService
 from services.gateway.admin.sessions import SessionStore
@@ -67,7 +68,8 @@ class AdminConsole:
         self.tenants = tenants
         self.backends = backends
         self.renderer = Renderer()
-        self.service = ConsoleService(settings, backends)
+        self.profiles = CustomerProfiles(settings, tenants, backends)
+        self.service = ConsoleService(settings, backends, self.profiles)
         self._auth: Auth | None = None
         pages, api = Pages(self), Api(self)
         csp = _csp(settings)
@@ -111,6 +113,7 @@ class AdminConsole:
         start = getattr(self.backends, "start", None)
         if start is not None:
             await start()
+        await self.profiles.start()
         redis = self.backends.redis
         prefix = self.settings.redis_prefix
         users = UserStore(redis, prefix)
@@ -167,6 +170,7 @@ class AdminConsole:
             with contextlib.suppress(asyncio.CancelledError):
                 await bootstrap
         self._auth = None
+        await self.profiles.close()
         close = getattr(self.backends, "close", None)
         if close is not None:
             await close()

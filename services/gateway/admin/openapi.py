@@ -122,6 +122,10 @@ def _document() -> dict[str, Any]:
             f"{t}/conversations": {
                 "get": {
                     "summary": "Conversations, latest activity first.",
+                    "description": "A Messenger conversation whose customer the page may know "
+                    "carries `customer`: `name`, `first_name`, `last_name` and `picture` (a URL "
+                    "on Meta's CDN), from Meta's User Profile API, cached; without it, show "
+                    "`user.user_id`.",
                     "parameters": [
                         _TENANT,
                         *_PAGE,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
+from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -39,6 +40,7 @@ from services.gateway.admin.errors import (
     NotFound,
 )
 from services.gateway.admin.guard import identity
+from services.gateway.admin.profiles import Profile
 from services.gateway.admin.service import (
     DAY_SECONDS,
     MAX_RETENTION_DAYS,
@@ -158,6 +160,10 @@ class Pages:
         form = await params.form(request)
         check_csrf(request, who.session.csrf_token, form)
         return form
+
+    async def _profiles(self, tenant: str, users: list[event_pb2.UserRef]) -> dict[str, Profile]:
+        """Names and pictures known by now; the page shows ids for the others."""
+        return await self._console.profiles.lookup(tenant, users)
 
     @staticmethod
     def _redirect(path: str, **query: str) -> RedirectResponse:
@@ -338,6 +344,7 @@ class Pages:
                 args=args,
                 search=found,
                 search_note=note,
+                profiles=await self._profiles(tenant, [m.user for m in found.messages]),
             )
         where = ConversationFilter(
             channel=channel,
@@ -358,6 +365,7 @@ class Pages:
             args=args,
             search=None,
             listing=listing,
+            profiles=await self._profiles(tenant, [c.user for c in listing.conversations]),
         )
 
     async def handoffs(self, request: Request) -> Response:
@@ -367,7 +375,12 @@ class Pages:
             who, tenant, ConversationFilter(handed_off=True), token, 50
         )
         return self._html(
-            request, "handoffs.html", tenant=tenant, section="handoffs", listing=listing
+            request,
+            "handoffs.html",
+            tenant=tenant,
+            section="handoffs",
+            listing=listing,
+            profiles=await self._profiles(tenant, [c.user for c in listing.conversations]),
         )
 
     async def transcript(self, request: Request) -> Response:
@@ -408,6 +421,7 @@ class Pages:
             live_url=live_url,
             request_id=uuid.uuid4().hex,
             problem=problem,
+            profiles=await self._profiles(tenant, [user]),
         )
 
     async def handoff(self, request: Request) -> Response:

@@ -23,6 +23,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
 from google.protobuf.duration_pb2 import Duration
+from redis.exceptions import RedisError
 
 from mesh import get_logger
 from mesh.logging import hashed
@@ -37,6 +38,7 @@ from services.gateway.admin.errors import (
     NotFound,
 )
 from services.gateway.admin.params import timestamp
+from services.gateway.admin.profiles import CustomerProfiles
 from services.gateway.admin.settings import AdminSettings
 
 _T = TypeVar("_T")
@@ -105,9 +107,12 @@ def user_ref(tenant_id: str, channel: int, user_id: str) -> event_pb2.UserRef:
 
 
 class ConsoleService:
-    def __init__(self, settings: AdminSettings, backends: Backends) -> None:
+    def __init__(
+        self, settings: AdminSettings, backends: Backends, profiles: CustomerProfiles | None = None
+    ) -> None:
         self._settings = settings
         self._backends = backends
+        self._profiles = profiles
 
     @property
     def _timeout(self) -> float:
@@ -344,4 +349,16 @@ class ConsoleService:
                 "conversations": reply.deleted_conversation_count,
             },
         )
+        if self._profiles is not None and channel in (
+            event_pb2.CHANNEL_UNSPECIFIED,
+            event_pb2.CHANNEL_MESSENGER,
+        ):
+            try:
+                await self._profiles.forget(tenant, user_id)
+            except (RedisError, OSError) as exc:
+                _log.warning("cached profile not erased (Redis)", extra={"tenant": tenant})
+                raise BackendUnavailable(
+                    "the messages are erased but the cached name and picture are not "
+                    "(Redis is unavailable): erase again shortly"
+                ) from exc
         return reply

@@ -19,6 +19,11 @@
 - ``ADMIN_IMG_SRC`` (``https: data:``): where transcripts may load users' images from
   (the Content-Security-Policy's ``img-src``).
 - ``ADMIN_REDIS_PREFIX`` (``admin:``): the prefix of the console's Redis keys.
+- Customers' names and pictures (``profiles.py``) come from ``MESSENGER_GRAPH_API_URL``
+  (Meta's Graph API, v21.0): kept ``ADMIN_PROFILE_TTL_SECONDS`` (86400), a refusal
+  ``ADMIN_PROFILE_REFUSED_TTL_SECONDS`` (3600); a page waits ``ADMIN_PROFILE_WAIT_SECONDS``
+  (0.5) for them, lookups run ``ADMIN_PROFILE_CONCURRENCY`` (4) at a time, each within
+  ``ADMIN_PROFILE_FETCH_TIMEOUT`` (5 s). ``ADMIN_PROFILES=false`` never asks Meta: ids only.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from mesh import ConfigError, Env
 
 COOKIE_SECURE_MODES = ("auto", "true", "false")
+DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v21.0"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,12 @@ class AdminSettings:
     live_stream_seconds: float = 300.0
     img_src: str = "https: data:"
     redis_prefix: str = "admin:"
+    graph_api_url: str = ""  # empty: no lookups, ids only (from_env: Meta's)
+    profile_ttl_seconds: int = 24 * 3600
+    profile_refused_ttl_seconds: int = 3600
+    profile_wait_seconds: float = 0.5
+    profile_fetch_timeout: float = 5.0
+    profile_concurrency: int = 4
 
     def __repr__(self) -> str:  # the password never shows
         return (
@@ -86,6 +98,18 @@ class AdminSettings:
             live_stream_seconds=_positive(env, "ADMIN_LIVE_STREAM_SECONDS", 300.0),
             img_src=env.string("ADMIN_IMG_SRC", "https: data:"),
             redis_prefix=env.string("ADMIN_REDIS_PREFIX", "admin:"),
+            graph_api_url=(
+                env.string("MESSENGER_GRAPH_API_URL", DEFAULT_GRAPH_API_URL)
+                if env.boolean("ADMIN_PROFILES", True)
+                else ""
+            ),
+            profile_ttl_seconds=env.integer("ADMIN_PROFILE_TTL_SECONDS", 86400, minimum=60),
+            profile_refused_ttl_seconds=env.integer(
+                "ADMIN_PROFILE_REFUSED_TTL_SECONDS", 3600, minimum=60
+            ),
+            profile_wait_seconds=_positive(env, "ADMIN_PROFILE_WAIT_SECONDS", 0.5),
+            profile_fetch_timeout=_positive(env, "ADMIN_PROFILE_FETCH_TIMEOUT", 5.0),
+            profile_concurrency=env.integer("ADMIN_PROFILE_CONCURRENCY", 4, minimum=1),
         )
         if ";" in settings.img_src or "\n" in settings.img_src:
             raise ConfigError("ADMIN_IMG_SRC must be a list of CSP sources, without ';'")
