@@ -17,15 +17,16 @@ from chatbot.chatlog.v1 import chatlog_service_pb2, chatlog_service_pb2_grpc
 
 from mesh import get_logger
 from mesh.metrics import serve_metrics
+from mesh.page_tokens import PageTokens
 from mesh.server import MeshServer
 from mesh.tenants import Tenants
+from services.chatlog.errors import InvalidArgument
 from services.chatlog.health import StoreMonitor
 from services.chatlog.retention import RetentionPolicies
 from services.chatlog.servicer import ChatlogServicer
 from services.chatlog.settings import ChatlogSettings
 from services.chatlog.store.base import ChatlogStore
 from services.chatlog.store.metered import metered
-from services.chatlog.tokens import PageTokens
 
 _log = get_logger("chatlog.server")
 SERVICE_NAME = chatlog_service_pb2.DESCRIPTOR.services_by_name["ChatlogService"].full_name
@@ -49,7 +50,7 @@ def page_tokens(settings: ChatlogSettings, backend: str) -> PageTokens:
             "secret of this process, so they fail after a restart and on other replicas"
         )
         secret = secrets.token_bytes(32)
-    return PageTokens(secret, backend)
+    return PageTokens(secret, backend, InvalidArgument)
 
 
 class ChatlogApp:

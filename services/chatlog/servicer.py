@@ -49,7 +49,7 @@ from services.chatlog.store.base import (
     StoredMessage,
     TranscriptQuery,
 )
-from services.chatlog.tokens import PageTokens
+from mesh.page_tokens import PageTokens
 from services.chatlog.validation import Limits
 
 _log = get_logger("chatlog.servicer")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from mesh import get_logger, tracing
+from mesh.page_tokens import PageTokens
 from mesh.tenants import Tenants
 from services.dialogue import metrics
 from services.dialogue.clients import Chatlog
@@ -73,7 +70,7 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
         self._store = store
         self._tenants = tenants
         self._chatlog = chatlog
-        self._secret = token_secret
+        self._tokens = PageTokens(token_secret, "dialogue-redis", Invalid)
 
     # ---- validation -------------------------------------------------------
 
@@ -365,32 +362,6 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
 
     # ---- dead letters -----------------------------------------------------
 
-    def _sign(self, payload: dict[str, Any]) -> str:
-        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        mac = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
-        return base64.urlsafe_b64encode(mac + body).decode()
-
-    def _unsign(self, token: str, bound: dict[str, Any]) -> dict[str, Any]:
-        try:
-            raw = base64.urlsafe_b64decode(token.encode())
-        except (ValueError, TypeError):
-            raise Invalid("page_token is malformed") from None
-        mac, body = raw[:16], raw[16:]
-        # Checked before parsing: only our own JSON is ever parsed (a forged
-        # body nested deep enough would exhaust the parser's recursion).
-        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
-        if not hmac.compare_digest(mac, expected):
-            raise Invalid("page_token was altered")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise Invalid("page_token is malformed") from None
-        if not isinstance(payload, dict):
-            raise Invalid("page_token was altered")
-        if {k: payload.get(k) for k in bound} != bound:
-            raise Invalid("page_token was issued for a different request")
-        return payload
-
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Context
     ) -> pb.ListDeadLettersResponse:
@@ -399,12 +370,13 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             if request.page_size < 0 or request.page_size > MAX_PAGE:
                 raise Invalid(f"page_size must be between 0 and {MAX_PAGE}")
             size = request.page_size or DEFAULT_PAGE
-            bound = {"t": request.tenant_id, "c": int(request.channel), "u": request.user_id}
+            bound = [request.tenant_id, int(request.channel), request.user_id]
             cursor: DeadLetterCursor | None = None
             if request.page_token:
-                mark = self._unsign(request.page_token, bound)
-                if "s" in mark:  # a token of an older replica, by offset, starts over
-                    cursor = DeadLetterCursor(float(mark["s"]), str(mark["i"]))
+                mark = self._tokens.read(request.page_token, "ListDeadLetters", bound)
+                if len(mark) != 2 or not isinstance(mark[0], int | float):
+                    raise Invalid("page_token is invalid: it does not fit this request")
+                cursor = DeadLetterCursor(float(mark[0]), str(mark[1]))
             found: list[DeadLetterRecord] = []
             while len(found) < size:
                 batch, batch_end = await self._store.dead_letters_after(
@@ -427,8 +399,8 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             if cursor is not None and len(found) == size:
                 following, _ = await self._store.dead_letters_after(request.tenant_id, cursor, 1)
                 if following:
-                    response.next_page_token = self._sign(
-                        {**bound, "s": cursor.score, "i": cursor.dead_letter_id}
+                    response.next_page_token = self._tokens.issue(
+                        "ListDeadLetters", bound, [cursor.score, cursor.dead_letter_id]
                     )
             return response
         except (Invalid, RedisError) as exc:

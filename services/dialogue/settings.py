@@ -65,6 +65,8 @@ class DialogueSettings:
             _log.warning(
                 "DIALOGUE_PAGE_TOKEN_SECRET is not set: page tokens work only on this replica"
             )
+        if secret and len(secret.encode()) < 16:
+            raise ConfigError("DIALOGUE_PAGE_TOKEN_SECRET must have at least 16 characters")
         return cls(
             host=env.string("GRPC_HOST", "127.0.0.1"),
             port=env.integer("DIALOGUE_PORT", 50051, minimum=0),

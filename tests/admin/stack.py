@@ -137,7 +137,7 @@ class Stack:
                     "MESSENGER_GRAPH_API_URL": self.graph.url,
                     "ORDER_API_URL": self.graph.url,
                     "WEATHER_API_URL": self.graph.url,
-                    "DIALOGUE_PAGE_TOKEN_SECRET": "admin-tests",
+                    "DIALOGUE_PAGE_TOKEN_SECRET": "admin-tests-page-tokens",
                     "DIALOGUE_MAX_ATTEMPTS": "2",
                     "DIALOGUE_RETRY_BACKOFF_MS": "50",
                 },

@@ -11,19 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh import ConfigError, Env
+from mesh.page_tokens import PageTokens
 from services.chatlog.errors import InvalidArgument
 from services.chatlog.export import _LINE_BREAKS, _STRIP, _read_back, example_line
 from services.chatlog.settings import ChatlogSettings
 from services.chatlog.stats import bucket_bounds, latency_bucket
 from services.chatlog.store.cassandra import ttl_seconds
 from services.chatlog.store.cassandra_schema import replication_cql
-from services.chatlog.tokens import PageTokens
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
 def test_tokens_round_trip_and_bind_to_their_request() -> None:
-    tokens = PageTokens(SECRET, "sqlite")
+    tokens = PageTokens(SECRET, "sqlite", InvalidArgument)
     token = tokens.issue("ListMessages", ["t1", "c1", 1], ["n", 12, "m1"])
     assert tokens.read(token, "ListMessages", ["t1", "c1", 1]) == ["n", 12, "m1"]
     for kind, binding in [
@@ -34,9 +34,13 @@ def test_tokens_round_trip_and_bind_to_their_request() -> None:
         with pytest.raises(InvalidArgument):
             tokens.read(token, kind, binding)
     with pytest.raises(InvalidArgument):  # another backend's (or secret's) token
-        PageTokens(SECRET, "cassandra").read(token, "ListMessages", ["t1", "c1", 1])
+        PageTokens(SECRET, "cassandra", InvalidArgument).read(
+            token, "ListMessages", ["t1", "c1", 1]
+        )
     with pytest.raises(InvalidArgument):
-        PageTokens(SECRET[::-1], "sqlite").read(token, "ListMessages", ["t1", "c1", 1])
+        PageTokens(SECRET[::-1], "sqlite", InvalidArgument).read(
+            token, "ListMessages", ["t1", "c1", 1]
+        )
     with pytest.raises(ValueError, match="16 bytes"):
         PageTokens(b"short", "sqlite")
 
@@ -44,7 +48,7 @@ def test_tokens_round_trip_and_bind_to_their_request() -> None:
 @given(st.text(max_size=200))
 def test_any_string_is_rejected_cleanly_as_a_token(garbage: str) -> None:
     with pytest.raises(InvalidArgument):
-        PageTokens(SECRET, "sqlite").read(garbage, "ListConversations", ["t"])
+        PageTokens(SECRET, "sqlite", InvalidArgument).read(garbage, "ListConversations", ["t"])
 
 
 def test_settings_defaults_and_errors(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def _env(
         "ORDER_API_URL": graph.url,
         "WEATHER_API_URL": graph.url,
         "TENANT_ID": TENANT,
-        "DIALOGUE_PAGE_TOKEN_SECRET": "tests",
+        "DIALOGUE_PAGE_TOKEN_SECRET": "dialogue-tests-page-tokens",
         "DIALOGUE_RETRY_BACKOFF_MS": "50",
         # Quick takeover after a crash, so the fault tests stay short.
         "DIALOGUE_STALL_GRACE_SECONDS": "1",

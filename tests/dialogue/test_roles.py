@@ -52,3 +52,10 @@ def test_an_unknown_role_is_a_configuration_error() -> None:
         DialogueSettings.from_env(Env({"DIALOGUE_ROLE": "both"}))
     settings = DialogueSettings.from_env(Env({"DIALOGUE_ROLE": "intake"}))
     assert settings.serves_api and not settings.runs_workers
+
+
+def test_a_short_page_token_secret_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        DialogueSettings.from_env(Env({"DIALOGUE_PAGE_TOKEN_SECRET": "short"}))
+    settings = DialogueSettings.from_env(Env({"DIALOGUE_PAGE_TOKEN_SECRET": "x" * 16}))
+    assert settings.page_token_secret == b"x" * 16

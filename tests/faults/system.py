@@ -124,7 +124,7 @@ def dialogue_env(
         "ORDER_API_URL": graph.url,
         "WEATHER_API_URL": graph.url,
         "TENANT_ID": TENANT,
-        "DIALOGUE_PAGE_TOKEN_SECRET": "faults",
+        "DIALOGUE_PAGE_TOKEN_SECRET": "faults-tests-page-tokens",
         "DIALOGUE_RETRY_BACKOFF_MS": "50",
         # A crashed replica's users are taken over within about a second.
         "DIALOGUE_STALL_GRACE_SECONDS": "1",

@@ -213,7 +213,7 @@ def stack(nlu_server: ServiceProcess, tmp_path: Path) -> Iterator[Stack]:
                 "ORDER_API_URL": graph.url,
                 "WEATHER_API_URL": graph.url,
                 "TENANT_ID": TENANT,
-                "DIALOGUE_PAGE_TOKEN_SECRET": "partitions",
+                "DIALOGUE_PAGE_TOKEN_SECRET": "partitions-page-tokens",
                 "DIALOGUE_STALL_GRACE_SECONDS": "1",
                 "DIALOGUE_SWEEP_SECONDS": "0.5",
                 "LOG_LEVEL": "INFO",

@@ -64,7 +64,7 @@ def fuzz_dialogue(
         "ORDER_API_URL": graph.url,
         "WEATHER_API_URL": graph.url,
         "TENANT_ID": TENANT,
-        "DIALOGUE_PAGE_TOKEN_SECRET": "tests",
+        "DIALOGUE_PAGE_TOKEN_SECRET": "dialogue-tests-page-tokens",
         "DIALOGUE_RETRY_BACKOFF_MS": "50",
         "DIALOGUE_STALL_GRACE_SECONDS": "1",
         "DIALOGUE_SWEEP_SECONDS": "0.5",

@@ -181,7 +181,7 @@ def intake(
             "METRICS_PORT": "0",
             "TENANTS_FILE": str(tenants),
             "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/3",
-            "DIALOGUE_PAGE_TOKEN_SECRET": "gateway-tests",
+            "DIALOGUE_PAGE_TOKEN_SECRET": "gateway-tests-page-tokens",
             "LOG_LEVEL": "INFO",
         },
         gateway_workdir / f"intake-{port}.log",

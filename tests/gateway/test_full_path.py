@@ -68,7 +68,7 @@ def full_path(
             "NLU_ADDRESS": nlu.address,
             "CHATLOG_ADDRESS": chatlog.address,
             "MESSENGER_GRAPH_API_URL": graph_api.url,
-            "DIALOGUE_PAGE_TOKEN_SECRET": "gateway-tests",
+            "DIALOGUE_PAGE_TOKEN_SECRET": "gateway-tests-page-tokens",
             "LOG_LEVEL": "INFO",
         },
         gateway_workdir / f"real-dialogue-{port}.log",

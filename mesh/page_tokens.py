@@ -4,14 +4,16 @@ A token carries a cursor (where the next page starts: the sort key of the
 last row seen) and an HMAC-SHA256 over the cursor *and* the request's other
 parameters (tenant, filters, order; not the page size, which may change
 between pages). A token that was altered, forged, or issued for another
-query, tenant, RPC or backend fails the check and is INVALID_ARGUMENT, so a
-client can never steer a store with a cursor of its own making.
+query, tenant, RPC or backend fails the check and raises the caller's
+INVALID_ARGUMENT error, so a client can never steer a store with a cursor of
+its own making. The chatlog and the dialogue service both page this way.
 
 The cursor is signed, not encrypted: it holds sort keys (times and ids the
 client has already seen on the page), never anything else.
 
-Every replica must share the secret (``CHATLOG_PAGE_TOKEN_SECRET``) for a
-token from one to work on another.
+Every replica of a service must share its secret
+(``CHATLOG_PAGE_TOKEN_SECRET``, ``DIALOGUE_PAGE_TOKEN_SECRET``) for a token
+from one to work on another.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from services.chatlog.errors import InvalidArgument
 
 _VERSION = 1
 _MAC_BYTES = 16
@@ -32,11 +32,21 @@ MAX_TOKEN_CHARS = 4096
 
 
 class PageTokens:
-    def __init__(self, secret: bytes, backend: str) -> None:
+    """Issues and reads the page tokens of one service (``backend``: what the
+    cursors index, so a token of one store never reads another's); a bad token
+    raises ``invalid(message)``, the service's own INVALID_ARGUMENT error."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        backend: str,
+        invalid: Callable[[str], Exception] = ValueError,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the page-token secret must have at least 16 bytes")
         self._secret = secret
         self._backend = backend
+        self._invalid = invalid
 
     def _mac(self, kind: str, binding: Sequence[Any], body: bytes) -> bytes:
         context = json.dumps([self._backend, kind, list(binding)], separators=(",", ":"))
@@ -50,8 +60,8 @@ class PageTokens:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def read(self, token: str, kind: str, binding: Sequence[Any]) -> list[Any]:
-        """The cursor of ``token``; InvalidArgument unless it was issued for this request."""
-        invalid = InvalidArgument(
+        """The cursor of ``token``; the invalid error unless it was issued for this request."""
+        invalid = self._invalid(
             "page_token is invalid: it was altered, or issued for a different request "
             "(another RPC, tenant, filter or order)"
         )
