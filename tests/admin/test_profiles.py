@@ -300,3 +300,47 @@ def test_no_log_line_carries_a_name_or_the_page_token(
     for line in lines:
         assert last not in line and PICTURE.format(psid) not in line
         assert "acme-page-token" not in line
+
+
+def test_erase_user_says_what_became_of_the_cached_profile(stack: Stack) -> None:
+    from cli.main import app
+
+    psid = f"psid-{uuid.uuid4().hex[:10]}"
+    stack.talk("acme", psid)
+    base = ["erase-user", psid, "--tenant", "acme", "--yes", "--address", stack.chatlog_address]
+    unreachable = CliRunner().invoke(
+        app, [*base, "--redis-url", "redis://:hunter2@127.0.0.1:1/0", "--prefix", PREFIX]
+    )
+    assert unreachable.exit_code == 1
+    assert "the cached name and picture are not erased" in unreachable.output
+    assert "hunter2" not in unreachable.output
+    nothing = CliRunner().invoke(app, [*base, "--redis-url", stack.redis_url, "--prefix", PREFIX])
+    assert nothing.exit_code == 0 and "no cached name and picture" in nothing.output
+    other_channel = CliRunner().invoke(
+        app, [*base, "--channel", "api", "--redis-url", "redis://127.0.0.1:1/0"]
+    )
+    assert other_channel.exit_code == 0  # only Messenger customers have a cached profile
+
+
+def test_settings_ask_meta_unless_told_not_to() -> None:
+    from mesh import ConfigError, Env
+    from services.gateway.admin.settings import DEFAULT_GRAPH_API_URL, AdminSettings
+
+    assert AdminSettings.from_env(Env({})).graph_api_url == DEFAULT_GRAPH_API_URL
+    assert AdminSettings.from_env(Env({"ADMIN_PROFILES": "false"})).graph_api_url == ""
+    tuned = AdminSettings.from_env(
+        Env(
+            {
+                "MESSENGER_GRAPH_API_URL": "http://127.0.0.1:9/v21.0",
+                "ADMIN_PROFILE_TTL_SECONDS": "7200",
+                "ADMIN_PROFILE_WAIT_SECONDS": "0.25",
+            }
+        )
+    )
+    assert (tuned.graph_api_url, tuned.profile_ttl_seconds, tuned.profile_wait_seconds) == (
+        "http://127.0.0.1:9/v21.0",
+        7200,
+        0.25,
+    )
+    with pytest.raises(ConfigError):
+        AdminSettings.from_env(Env({"ADMIN_PROFILE_WAIT_SECONDS": "0"}))
