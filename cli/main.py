@@ -199,7 +199,7 @@ def tenants_check(
     """Validate the tenants file and every tenant's domain; print what each bot has."""
     from mesh.config import ConfigError
     from mesh.tenants import Tenants
-    from services.dialogue.server import load_domains
+    from services.dialogue.domain import load_domains
 
     try:
         tenants = Tenants.from_file(file) if file else Tenants.from_env()

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tenants = Tenants.from_env()
         if args.command == "check-domain":
-            from services.dialogue.server import load_domains
+            from services.dialogue.domain import load_domains
 
             for tenant_id, domain in load_domains(tenants).items():
                 print(

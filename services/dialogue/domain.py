@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from mesh.config import ConfigError
+from mesh.tenants import Tenants
 from services.dialogue.messenger_profile import MessengerProfile, parse_messenger_profile
 
 DEFAULT_DOMAIN = Path(__file__).resolve().parent / "domains" / "default.yml"
@@ -186,3 +187,9 @@ def load_domain(path: Path) -> Domain:
         handoff_intent=str(raw.get("handoff_intent", "human_handoff")),
         messenger_profile=profile,
     )
+
+
+def load_domains(tenants: Tenants) -> dict[str, Domain]:
+    """Every tenant's domain: its own file, or the default one."""
+    default = load_domain(DEFAULT_DOMAIN)
+    return {t.id: load_domain(Path(t.domain)) if t.domain else default for t in tenants}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2, dialogue_service_pb2_grpc
@@ -22,7 +21,7 @@ from mesh.tenants import Tenants
 from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import MessengerChannel, OutboundChannel
 from services.dialogue.clients import ChatlogOutbox, GrpcNlu
-from services.dialogue.domain import DEFAULT_DOMAIN, Domain, load_domain
+from services.dialogue.domain import load_domains
 from services.dialogue.http import HttpClient
 from services.dialogue.processor import Processor
 from services.dialogue.servicer import DialogueServicer
@@ -67,11 +66,6 @@ async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
             **secured,
         )
     return single
-
-
-def load_domains(tenants: Tenants) -> dict[str, Domain]:
-    default = load_domain(DEFAULT_DOMAIN)
-    return {t.id: load_domain(Path(t.domain)) if t.domain else default for t in tenants}
 
 
 async def _watch_health(server: MeshServer, store: DialogueStore) -> None:
