@@ -1,6 +1,8 @@
 """Outbound channels: how replies reach users.
 
-``MessengerChannel`` calls the Send API: ``messaging_type`` RESPONSE, text
+``MessengerChannel`` calls the Send API: ``messaging_type`` RESPONSE (or
+MESSAGE_TAG with the ``tag`` given: a person's answer after the 24-hour
+window goes with HUMAN_AGENT; bot replies never carry one), text
 split under 2000 characters, quick replies on the last part, ``metadata``
 naming the inbound mid, and retries with backoff on the error codes Meta
 documents as temporary. Every Graph call carries ``appsecret_proof`` when the
@@ -38,6 +40,12 @@ DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v21.0"
 # Meta's temporary errors: rate limits (613, 4), temporary (2), send failure (1200).
 _RETRY_CODES = {2, 4, 613, 1200}
 
+# Meta's refusals of a message outside the window it allows, or to a person
+# who cannot be reached: retrying never helps.
+_WINDOW_SUBCODE = 2018278
+_UNAVAILABLE_CODE = 551
+HUMAN_AGENT = "HUMAN_AGENT"
+
 _ATTACHMENT_TYPES = {
     event_pb2.ATTACHMENT_TYPE_IMAGE: "image",
     event_pb2.ATTACHMENT_TYPE_AUDIO: "audio",
@@ -49,10 +57,21 @@ _ATTACHMENT_TYPES = {
 class SendError(Exception):
     """A reply could not be sent. ``permanent``: retrying will not help."""
 
-    def __init__(self, message: str, *, permanent: bool, code: int = 0) -> None:
+    def __init__(self, message: str, *, permanent: bool, code: int = 0, subcode: int = 0) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.subcode = subcode
+
+    @property
+    def outside_window(self) -> bool:
+        """Meta refused it as sent outside the messaging window the message type allows."""
+        return self.code == 10 and self.subcode == _WINDOW_SUBCODE
+
+    @property
+    def unavailable(self) -> bool:
+        """Meta refused it as the person is not available (blocked the page, left Messenger)."""
+        return self.code == _UNAVAILABLE_CODE
 
 
 class SendHeld(SendError):
@@ -75,9 +94,11 @@ class OutboundChannel(Protocol):
         in_reply_to: str,
         *,
         deadline: float | None = None,
+        tag: str = "",
     ) -> str:
         """Sends one reply; returns the channel's id for it. ``deadline``
-        (``time.monotonic()``): no attempt starts that could end after it."""
+        (``time.monotonic()``): no attempt starts that could end after it.
+        ``tag``: the message tag a person's answer outside the standard window needs."""
 
     async def typing(self, tenant: Tenant, user_id: str) -> None:
         """Shows that the bot is working on an answer (best effort)."""
@@ -161,7 +182,7 @@ class MessengerChannel:
         self._uncertain: dict[str, None] = {}
 
     def _bodies(
-        self, user_id: str, reply: event_pb2.Reply, in_reply_to: str
+        self, user_id: str, reply: event_pb2.Reply, in_reply_to: str, tag: str = ""
     ) -> list[dict[str, object]]:
         metadata = json.dumps({"in_reply_to": in_reply_to}) if in_reply_to else ""
         messages: list[dict[str, object]] = []
@@ -187,9 +208,11 @@ class MessengerChannel:
         for message in messages:
             if metadata:
                 message["metadata"] = metadata
+        sending: dict[str, object] = (
+            {"messaging_type": "MESSAGE_TAG", "tag": tag} if tag else {"messaging_type": "RESPONSE"}
+        )
         return [
-            {"recipient": {"id": user_id}, "messaging_type": "RESPONSE", "message": message}
-            for message in messages
+            {"recipient": {"id": user_id}, **sending, "message": message} for message in messages
         ]
 
     async def send(
@@ -200,11 +223,12 @@ class MessengerChannel:
         in_reply_to: str,
         *,
         deadline: float | None = None,
+        tag: str = "",
     ) -> str:
         if not tenant.page_access_token:
             raise SendError(f"tenant {tenant.id} has no page access token", permanent=True)
         message_id = ""
-        for body in self._bodies(user_id, reply, in_reply_to):
+        for body in self._bodies(user_id, reply, in_reply_to, tag):
             message_id = await self._post(tenant, body, deadline, in_reply_to)
         return message_id
 
@@ -348,7 +372,7 @@ class MessengerChannel:
         except (ValueError, AttributeError):
             pass
         temporary = response.status >= 500 or code in _RETRY_CODES
-        if subcode == 2018278:  # outside the 24-hour window
+        if subcode == _WINDOW_SUBCODE or code == _UNAVAILABLE_CODE:
             temporary = False
         _log.warning(
             "Send API refused a message",
@@ -359,4 +383,5 @@ class MessengerChannel:
             f"Send API {response.status} code {code}: {message}",
             permanent=not temporary,
             code=code,
+            subcode=subcode,
         )

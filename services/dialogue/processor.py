@@ -24,7 +24,7 @@ from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
 from services.dialogue import metrics, policy
 from services.dialogue.actions import ActionRunner
-from services.dialogue.channels import OutboundChannel, SendError, SendHeld
+from services.dialogue.channels import HUMAN_AGENT, OutboundChannel, SendError, SendHeld
 from services.dialogue.clients import Chatlog, Nlu, NluUnavailable
 from services.dialogue.domain import Domain
 from services.dialogue.keys import UserId
@@ -121,12 +121,14 @@ class Processor:
         )
         records = turn_records(turn, event, outcome)
         outbox = await self._deliver(lease, tenant, head, outcome, event.event_id, records)
+        handoff = outcome.handoff.fields() if outcome.handoff else {}
+        handoff |= _user_message_time(event, head)
         return await self._store.complete(
             lease,
             head,
             RESULT_CONVERSE + _converse_response(event, outcome, turn).SerializeToString(),
             slots=dict(outcome.slots),
-            handoff=outcome.handoff.fields() if outcome.handoff else None,
+            handoff=handoff or None,
             records=outbox,
             traceparent=tracing.current_traceparent() if outbox else "",
         )
@@ -300,6 +302,14 @@ class Processor:
             return await self._store.complete(
                 lease, head, RESULT_REFUSED + b"the conversation is not handed off"
             )
+        channel = self._channels.get(lease.user.channel)
+        tag = ""
+        if channel is not None:
+            window = _agent_window(head, _now_ms())
+            if isinstance(window, bytes):
+                metrics.SEND_RESULTS.labels("window").inc()
+                return await self._store.complete(lease, head, RESULT_REFUSED + window)
+            tag = window
         reply = event_pb2.Reply(
             reply_id=head.item.item_id,
             text=request.text,
@@ -309,7 +319,6 @@ class Processor:
         record = agent_record(lease.user, lease.token, reply, request.agent_id, _now_ms())
         await self._store.ensure(lease)
         await self._chatlog.append([record])
-        channel = self._channels.get(lease.user.channel)
         if channel is not None and head.replies_sent == 0:
             while True:
                 # As for replies: an attempt that ends before the lease's local
@@ -317,15 +326,16 @@ class Processor:
                 await self._store.ensure(lease)
                 try:
                     await channel.send(
-                        tenant, lease.user.user_id, reply, "", deadline=lease.state.valid_until
-                    )
+                        tenant, lease.user.user_id, reply, "",
+                        deadline=lease.state.valid_until, tag=tag,
+                    )  # fmt: skip
                 except SendHeld:
                     continue
                 except SendError as exc:
                     if not exc.permanent:
                         raise
                     return await self._store.complete(
-                        lease, head, RESULT_REFUSED + f"the channel refused it: {exc}".encode()
+                        lease, head, RESULT_REFUSED + _refusal(exc).encode()
                     )
                 break
         response = pb.SendAgentMessageResponse(
@@ -342,6 +352,52 @@ class Processor:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# Messenger's windows after the customer's last message: anyone may answer
+# within the standard one; a person, with the HUMAN_AGENT tag, within 7 days.
+STANDARD_WINDOW_MS = 24 * 3600 * 1000
+HUMAN_AGENT_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+
+def _user_message_time(event: event_pb2.ChatEvent, head: Head) -> dict[str, str]:
+    """The hand-off field keeping when the customer last wrote (the event's own time,
+    never later than now), which the windows count from; empty when it does not move."""
+    kind = event.WhichOneof("kind")
+    if kind not in ("message", "postback") or (kind == "message" and event.message.is_echo):
+        return {}
+    sent = storable_ms(event.event_time) if event.HasField("event_time") else None
+    sent = min(sent or received_ms(event, head.item.enqueue_ms), _now_ms())
+    if sent <= int(head.handoff.get("user_ms") or 0):
+        return {}  # an older event processed late never shortens the window
+    return {"user_ms": str(sent)}
+
+
+def _agent_window(head: Head, now_ms: int) -> str | bytes:
+    """The tag an agent's message needs now ("" for none), or why it cannot be sent.
+
+    Without a recorded time (conversations older than the field) it goes untagged;
+    a refusal from Messenger then says why."""
+    last = int(head.handoff.get("user_ms") or 0)
+    if not last or now_ms - last <= STANDARD_WINDOW_MS:
+        return ""
+    if now_ms - last <= HUMAN_AGENT_WINDOW_MS:
+        return HUMAN_AGENT
+    days = (now_ms - last) // (24 * 3600 * 1000)
+    return (
+        f"not sent: the customer last wrote {days} days ago, and Messenger lets a person "
+        "answer only within 7 days of the customer's last message; the conversation "
+        "can continue once the customer writes again"
+    ).encode()
+
+
+def _refusal(exc: SendError) -> str:
+    """Why an agent's message was not sent, as the console shows it."""
+    if exc.outside_window:
+        return f"not sent: Messenger refused it as outside the messaging window ({exc})"
+    if exc.unavailable:
+        return f"not sent: the customer is not available on Messenger right now ({exc})"
+    return f"the channel refused it: {exc}"
 
 
 def _converse_response(

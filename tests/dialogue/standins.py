@@ -4,7 +4,10 @@
   and Messenger Profile API, recording every message and failing on command
   (error codes, delays, ``Connection: close`` on every answer, answers lost
   after the message arrived); with an app secret it refuses calls without the
-  right ``appsecret_proof``, as Meta does once an app requires it.
+  right ``appsecret_proof``, as Meta does once an app requires it; for the
+  recipients whose last message time it is given, it enforces Messenger's
+  24-hour window and the HUMAN_AGENT tag's 7 days with Meta's error (code 10,
+  subcode 2018278), and answers 551 for people who cannot be reached.
 - ``KeywordNlu``: a gRPC NluService answering by keyword, with a settable delay
   and an on/off switch: the small, fast model of the ordering tests.
 - ``RecordingChatlog``: a gRPC ChatlogService keeping appends by message id
@@ -64,6 +67,11 @@ class GraphApi:
     may fail one. ``app_secret``: every call must carry ``appsecret_proof`` for
     its token; ``page_tokens``: only these tokens are valid (else code 190).
     Each call refused for its token or proof is kept in ``refusals``.
+
+    ``last_user_message_ms``: recipient -> when that person last wrote (epoch ms);
+    a message to them is refused as Meta does outside the window its type allows
+    (RESPONSE 24 hours, ``MESSAGE_TAG`` HUMAN_AGENT 7 days). ``unavailable``:
+    recipients answered with 551. Each such refusal is kept in ``window_refusals``.
     """
 
     port: int = 0
@@ -86,6 +94,9 @@ class GraphApi:
     profile_calls: list[dict[str, Any]] = field(default_factory=list)  # {method, query, body}
     # (method, body or query) -> (status, body) to fail a profile call, or None.
     profile_rule: Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
+    last_user_message_ms: dict[str, int] = field(default_factory=dict)
+    unavailable: set[str] = field(default_factory=set)
+    window_refusals: list[dict[str, Any]] = field(default_factory=list)
     probe_status: int = 200
     probes: int = 0  # GET /me: the breaker asking whether the API answers
     peers: set[int] = field(default_factory=set)  # client ports: one per connection
@@ -206,6 +217,11 @@ class GraphApi:
                 failure = api.rule(body) if api.rule else None
                 if failure is not None:
                     return self._reply(*failure)
+                refusal = _window_refusal(api, body)
+                if refusal is not None:
+                    with api.lock:
+                        api.window_refusals.append({"body": body, "error": refusal})
+                    return self._error(400, *refusal)
                 message = body.get("message", {})
                 metadata = json.loads(message.get("metadata") or "{}")
                 sent = SentMessage(
@@ -298,7 +314,48 @@ class GraphApi:
         self.profile_rule = None
         self.probe_status = 200
         self.probes = 0
+        self.last_user_message_ms.clear()
+        self.unavailable.clear()
+        self.window_refusals.clear()
         self.peers.clear()
+
+
+_TAGS = {"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"}
+_HOUR_MS = 3600 * 1000
+
+
+def _window_refusal(api: GraphApi, body: dict[str, Any]) -> tuple[int, str, str, int] | None:
+    """Meta's error for a message its type does not allow now, or None."""
+    kind, tag = body.get("messaging_type"), body.get("tag")
+    if kind not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
+        return (
+            100,
+            "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}",
+            "OAuthException",
+            0,
+        )
+    if kind == "MESSAGE_TAG" and tag not in _TAGS:
+        return 100, "(#100) Param tag must be a valid message tag", "OAuthException", 0
+    if kind != "MESSAGE_TAG" and tag:
+        return (
+            100,
+            "(#100) Param tag is only allowed with messaging_type MESSAGE_TAG",
+            "OAuthException",
+            0,
+        )
+    recipient = str(body.get("recipient", {}).get("id", ""))
+    if recipient in api.unavailable:
+        return 551, "This person isn't available right now.", "OAuthException", 1545041
+    last = api.last_user_message_ms.get(recipient)
+    if last is None:
+        return None
+    allowed = 7 * 24 * _HOUR_MS if tag == "HUMAN_AGENT" else 24 * _HOUR_MS
+    if kind == "MESSAGE_TAG" and tag != "HUMAN_AGENT":
+        return None
+    if time.time() * 1000 - last > allowed:
+        message = "(#10) This message is sent outside of allowed window."
+        return 10, message, "OAuthException", 2018278
+    return None
 
 
 _GRAPH_PATHS = ("/me", "/me/messages", "/me/messenger_profile")
