@@ -50,9 +50,10 @@ class Replicas:
                 port,
             )
             started.append(process)
+            # Stopped at the end even if it never becomes healthy.
+            self.processes.append(process)
         for process in started:
             process.wait_for_status(SERVING, timeout=60)
-        self.processes += started
         return started
 
     def kill(self, process: ServiceProcess) -> None:
