@@ -18,6 +18,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import event_pb2, nlu_result_pb2
 
 from mesh import get_logger
+from mesh.page_tokens import PageTokens
 from mesh.tenants import Tenants
 from services.chatlog import validation as check
 from services.chatlog.errors import (
@@ -49,7 +50,6 @@ from services.chatlog.store.base import (
     StoredMessage,
     TranscriptQuery,
 )
-from mesh.page_tokens import PageTokens
 from services.chatlog.validation import Limits
 
 _log = get_logger("chatlog.servicer")
