@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -668,15 +668,18 @@ class DialogueStore:
         Looks only at users whose deadline passed, up to ``limit`` per shard;
         returns how many it rescheduled.
         """
+        now = time.time()
+        overdue = await self._per_shard(
+            lambda pipe, shard: pipe.zrangebyscore(
+                shard.active, "-inf", now, start=0, num=limit, withscores=True
+            )
+        )
         rescheduled = 0
-        for shard in self.shards:
-            rescheduled += await self._sweep_shard(shard, limit)
+        for shard, entries in zip(self.shards, overdue, strict=True):
+            rescheduled += await self._sweep_shard(shard, entries)
         return rescheduled
 
-    async def _sweep_shard(self, shard: ShardKeys, limit: int) -> int:
-        overdue = await self.redis.zrangebyscore(
-            shard.active, "-inf", time.time(), start=0, num=limit, withscores=True
-        )
+    async def _sweep_shard(self, shard: ShardKeys, overdue: list[tuple[Any, float]]) -> int:
         rescheduled = 0
         for member, score in overdue:
             user = UserId.from_member(member)
@@ -700,11 +703,10 @@ class DialogueStore:
     async def queue_sample(self, limit: int = 200) -> tuple[int, float]:
         """Items queued and the oldest one's age (s), over up to ``limit`` active users."""
         per_shard = max(1, limit // len(self.shards))
-        members = [
-            member
-            for shard in self.shards
-            for member in await self.redis.zrange(shard.active, 0, per_shard - 1)
-        ]
+        indexed = await self._per_shard(
+            lambda pipe, shard: pipe.zrange(shard.active, 0, per_shard - 1)
+        )
+        members = [member for shard_members in indexed for member in shard_members]
         if not members:
             return 0, 0.0
         pipe = self.redis.pipeline(transaction=False)
@@ -722,10 +724,18 @@ class DialogueStore:
         return total, oldest_ms / 1000
 
     async def ready_length(self) -> int:
-        return sum([int(await self.redis.llen(shard.ready)) for shard in self.shards])
+        return sum(await self._per_shard(lambda pipe, shard: pipe.llen(shard.ready)))
 
     async def active_count(self) -> int:
-        return sum([int(await self.redis.zcard(shard.active)) for shard in self.shards])
+        return sum(await self._per_shard(lambda pipe, shard: pipe.zcard(shard.active)))
+
+    async def _per_shard(self, command: Callable[[Any, ShardKeys], Any]) -> list[Any]:
+        """``command`` for every shard in one pipelined exchange (per node); replies in
+        shard order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in self.shards:
+            command(pipe, shard)
+        return list(await pipe.execute())
 
     # ---- state, hand-off, dead letters -------------------------------------
 
@@ -866,11 +876,9 @@ class DialogueStore:
 
     async def outbox_stats(self) -> tuple[int, int]:
         """Entries waiting in the chatlog outbox, and records dropped because it was full."""
-        entries, dropped = 0, 0
-        for shard in self.shards:
-            entries += int(await self.redis.xlen(shard.outbox))
-            dropped += int(await self.redis.get(shard.outbox_dropped) or 0)
-        return entries, dropped
+        entries = await self._per_shard(lambda pipe, shard: pipe.xlen(shard.outbox))
+        dropped = await self._per_shard(lambda pipe, shard: pipe.get(shard.outbox_dropped))
+        return sum(entries), sum(int(count or 0) for count in dropped)
 
     async def queue_length(self, user: UserId) -> int:
         return int(await self.redis.llen(UserKeys(user).queue))
