@@ -88,7 +88,8 @@ def _go(args: Sequence[str], cwd: Path, env: dict[str, str]) -> str:
     return "".join(lines)
 
 
-def _go_mod_path(module: str, env: dict[str, str], cwd: Path) -> Path:
+def _downloaded(module: str, env: dict[str, str], cwd: Path, what: str) -> Path:
+    """A module fetched into Go's cache: its go.mod (``what="GoMod"``) or source (``"Dir"``)."""
     out = subprocess.run(
         ["go", "mod", "download", "-json", module],
         cwd=cwd,
@@ -97,7 +98,7 @@ def _go_mod_path(module: str, env: dict[str, str], cwd: Path) -> Path:
         capture_output=True,
         text=True,
     ).stdout
-    return Path(json.loads(out)["GoMod"])
+    return Path(json.loads(out)[what])
 
 
 def _staging_modules(kubernetes_go_mod: Path) -> list[str]:
@@ -112,7 +113,7 @@ def _staging_modules(kubernetes_go_mod: Path) -> list[str]:
 
 def _build_kubernetes(work: Path, out: Path, env: dict[str, str]) -> None:
     staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
-    mod = _go_mod_path(f"k8s.io/kubernetes@{KUBERNETES_VERSION}", env, work)
+    mod = _downloaded(f"k8s.io/kubernetes@{KUBERNETES_VERSION}", env, work, "GoMod")
     staging = _staging_modules(mod)
     if not staging:
         raise SystemExit(f"error: no staging modules found in {mod}")
@@ -174,21 +175,9 @@ def _build_kwok(work: Path, out: Path, env: dict[str, str]) -> None:
     )
 
 
-def _module_dir(module: str, env: dict[str, str], cwd: Path) -> Path:
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", module],
-        cwd=cwd,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return Path(json.loads(out)["Dir"])
-
-
 def _write_share(share: Path, env: dict[str, str], work: Path) -> None:
     """kwok's stages (it simulates nothing without them) and KEDA's ScaledObject CRD."""
-    kwok = _module_dir(f"sigs.k8s.io/kwok@{KWOK_VERSION}", env, work)
+    kwok = _downloaded(f"sigs.k8s.io/kwok@{KWOK_VERSION}", env, work, "Dir")
     stages = [
         kwok / "kustomize/stage/node/fast/node-initialize.yaml",
         kwok / "kustomize/stage/node/heartbeat/node-heartbeat.yaml",
@@ -201,7 +190,7 @@ def _write_share(share: Path, env: dict[str, str], work: Path) -> None:
     )
     # KEDA's CRDs ship in its Go module; without them prod-keda cannot be applied.
     try:
-        keda = _module_dir(f"github.com/kedacore/keda/v2@{KEDA_VERSION}", env, work)
+        keda = _downloaded(f"github.com/kedacore/keda/v2@{KEDA_VERSION}", env, work, "Dir")
     except subprocess.CalledProcessError as error:
         _say(f"KEDA {KEDA_VERSION} not downloadable, prod-keda will be skipped: {error.stderr}")
         return
