@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from chatbot.common.v1 import event_pb2
@@ -31,7 +32,7 @@ from mesh import get_logger
 from mesh.tenants import Tenant
 from services.dialogue import metrics
 from services.dialogue.breaker import BreakerState, SendBreaker
-from services.dialogue.http import HttpClient, HttpError, MaybeSent, NotSent
+from services.dialogue.http import HttpClient, HttpError, HttpResponse, MaybeSent, NotSent
 
 _log = get_logger("dialogue.channels")
 
@@ -232,6 +233,19 @@ class MessengerChannel:
             message_id = await self._post(tenant, body, deadline, in_reply_to)
         return message_id
 
+    async def _post_messages(
+        self, tenant: Tenant, body: Mapping[str, object], timeout: float
+    ) -> HttpResponse:
+        """One POST to the page's messages endpoint (replies and sender actions)."""
+        return await self._client.request(
+            "POST",
+            self._url,
+            headers=_auth(tenant),
+            params=graph_params(tenant),
+            json_body=body,
+            timeout=timeout,
+        )
+
     async def typing(self, tenant: Tenant, user_id: str) -> None:
         if not tenant.page_access_token:
             return
@@ -240,14 +254,7 @@ class MessengerChannel:
         body = {"recipient": {"id": user_id}, "sender_action": "typing_on"}
         call = self.breaker.started()
         try:
-            response = await self._client.request(
-                "POST",
-                self._url,
-                headers=_auth(tenant),
-                params=graph_params(tenant),
-                json_body=body,
-                timeout=self._timeout_s,
-            )
+            response = await self._post_messages(tenant, body, self._timeout_s)
         except HttpError:
             # A typing indicator is never worth failing a message for.
             self.breaker.failed(call, lost=False)
@@ -332,14 +339,7 @@ class MessengerChannel:
         call = self.breaker.started()
         try:
             # The timeout bounds the whole exchange, so a trickle trips it too.
-            response = await self._client.request(
-                "POST",
-                self._url,
-                headers=_auth(tenant),
-                params=graph_params(tenant),
-                json_body=body,
-                timeout=timeout,
-            )
+            response = await self._post_messages(tenant, body, timeout)
         except MaybeSent as exc:
             self.breaker.failed(call, lost=True)
             metrics.SEND_ATTEMPTS.labels("lost").inc()
