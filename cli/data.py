@@ -141,7 +141,7 @@ def _forget_profile(redis_url: str | None, prefix: str, tenant: str, user_id: st
     from redis.exceptions import RedisError
 
     from mesh.logging import redact
-    from services.gateway.admin.backends import connect_redis
+    from mesh.redis_client import connect
     from services.gateway.admin.profiles import forget_profile
 
     if not redis_url:
@@ -153,7 +153,7 @@ def _forget_profile(redis_url: str | None, prefix: str, tenant: str, user_id: st
         return
 
     async def forget() -> bool:
-        redis = await connect_redis(redis_url)
+        redis = await connect(redis_url, timeout=2.0)
         try:
             return await forget_profile(redis, prefix, tenant, user_id)
         finally:

@@ -37,10 +37,10 @@ Prefix = Annotated[
 def _run(redis_url: str, work: Callable[[RedisClient], Awaitable[_T]]) -> _T:
     from redis.exceptions import RedisError
 
-    from services.gateway.admin.backends import connect_redis
+    from mesh.redis_client import connect
 
     async def main() -> _T:
-        redis = await connect_redis(redis_url)
+        redis = await connect(redis_url, timeout=2.0)
         try:
             return await work(redis)
         finally:

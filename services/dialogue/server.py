@@ -8,14 +8,12 @@ from collections.abc import Awaitable, Callable
 
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2, dialogue_service_pb2_grpc
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from mesh import get_logger
 from mesh.channels import open_channel
 from mesh.metrics import serve_metrics
-from mesh.redis_options import redis_options
+from mesh.redis_client import connect
 from mesh.server import MeshServer
 from mesh.tenants import Tenants
 from services.dialogue.actions import ActionRunner
@@ -26,46 +24,11 @@ from services.dialogue.http import HttpClient
 from services.dialogue.processor import Processor
 from services.dialogue.servicer import DialogueServicer
 from services.dialogue.settings import DialogueSettings
-from services.dialogue.store import DialogueStore, RedisClient
+from services.dialogue.store import DialogueStore
 from services.dialogue.worker import Workers
 
 _log = get_logger("dialogue.server")
 SERVICE_NAME = dialogue_service_pb2.DESCRIPTOR.services_by_name["DialogueService"].full_name
-
-
-async def connect_redis(url: str, *, blocking: bool = False) -> RedisClient:
-    """A client for ``url``: a cluster client when the server is a cluster node.
-
-    ``blocking`` clients serve blocking pops, so they have no read time-out;
-    the others fail fast (5 s) when Redis stops answering. Credentials and
-    TLS come from ``REDIS_*`` (``mesh.redis_options``).
-    """
-    timeout = None if blocking else 5.0
-    secured = redis_options(url)
-    # A bounded pool that waits for a free connection instead of failing.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=1000 if blocking else 128,
-        timeout=5,
-        socket_connect_timeout=2,
-        socket_timeout=timeout,
-        **secured,
-    )
-    single = Redis.from_pool(pool)  # closing the client closes the pool
-    try:
-        info = await single.info("cluster")
-    except RedisError:
-        info = {}
-    if info.get("cluster_enabled") in (1, "1"):
-        await single.aclose()
-        return RedisCluster.from_url(
-            url,
-            socket_connect_timeout=2,
-            socket_timeout=timeout,
-            max_connections=1000 if blocking else 128,
-            **secured,
-        )
-    return single
 
 
 async def _watch_health(server: MeshServer, store: DialogueStore) -> None:
@@ -85,8 +48,10 @@ async def _watch_health(server: MeshServer, store: DialogueStore) -> None:
 async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
     """Serves this process's role: the API, the workers, or both."""
     domains = load_domains(tenants)
-    redis = await connect_redis(settings.redis_url)
-    blocking_redis = await connect_redis(settings.redis_url, blocking=True)
+    # Bounded pools: a burst waits for a free connection instead of failing.
+    redis = await connect(settings.redis_url, max_connections=128)
+    # Blocking pops wait as long as they are told to: no read time-out.
+    blocking_redis = await connect(settings.redis_url, timeout=None, max_connections=1000)
     store = DialogueStore(redis, settings.store, blocking=blocking_redis)
     chatlog_channel = open_channel(settings.chatlog_address)
     chatlog = ChatlogOutbox(

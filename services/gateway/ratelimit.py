@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from mesh.redis_options import redis_options
+from mesh.redis_client import RedisClient, connect
 
 # KEYS: the counter (a hash: since, count). ARGV: window (ms), now (ms; "":
 # Redis's clock). Times stay strings in Redis: a Lua number is a double.
@@ -74,7 +73,7 @@ class RedisRateLimiter:
         self._url = url
         self._prefix = prefix
         self._clock = clock
-        self._client: aioredis.Redis | aioredis.RedisCluster | None = None
+        self._client: RedisClient | None = None
         self._script: AsyncScript | None = None
 
     @classmethod
@@ -83,18 +82,7 @@ class RedisRateLimiter:
 
     async def start(self) -> None:
         # Short timeouts: the limiter must never be why a request is slow.
-        options: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
-        options.update(redis_options(self._url))  # credentials and TLS from REDIS_*
-        client: aioredis.Redis | aioredis.RedisCluster = aioredis.Redis.from_url(
-            self._url, **options
-        )
-        try:
-            info = await client.info("cluster")
-        except (RedisError, OSError):
-            info = {}  # down for now: a standalone client, failing open until it is back
-        if info.get("cluster_enabled") in (1, "1"):
-            await client.aclose()
-            client = aioredis.RedisCluster.from_url(self._url, **options)
+        client = await connect(self._url, timeout=0.5, connect_timeout=0.5)
         self._client = client
         self._script = client.register_script(_HIT)
 

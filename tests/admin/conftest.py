@@ -12,9 +12,9 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
+from mesh.redis_client import connect
 from mesh.tenants import Tenants
 from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
-from services.gateway.admin.backends import connect_redis
 from services.gateway.admin.users import UserStore
 from tests.admin.stack import Stack
 from tests.redis_servers import RedisServer
@@ -51,7 +51,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
 
 def run(coroutine_factory: Callable[[Any], Any], redis_url: str) -> Any:
     async def main() -> Any:
-        redis = await connect_redis(redis_url)
+        redis = await connect(redis_url)
         try:
             return await coroutine_factory(redis)
         finally:

@@ -2,7 +2,7 @@
 
 Real servers: one that knows only an ACL user, a cluster behind ``requirepass``,
 and one with a TLS port that asks for client certificates (throwaway CA).
-Each of the services' connection functions is used as the service uses it.
+``mesh.redis_client.connect`` is used the ways the services use it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from redis.exceptions import AuthenticationError, RedisError
 
 from mesh.config import ConfigError, Env
 from mesh.logging import JsonFormatter
+from mesh.redis_client import connect
 from mesh.redis_options import redis_options
-from services.dialogue.server import connect_redis as dialogue_connect
-from services.gateway.admin.backends import connect_redis as console_connect
 from services.gateway.ratelimit import RateLimiterUnavailable, RedisRateLimiter
 from tests.mesh.certs import CertificateAuthority
 from tests.redis_servers import RedisCluster as ClusterServers
@@ -50,17 +49,23 @@ def acl_redis(workdir: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-async def _dialogue(url: str) -> Any:
-    return await dialogue_connect(url)
+async def _bounded(url: str) -> Any:
+    return await connect(url, max_connections=128)
 
 
-async def _console(url: str) -> Any:
-    return await console_connect(url)
+async def _blocking(url: str) -> Any:
+    return await connect(url, timeout=None, max_connections=1000)
 
 
+async def _unbounded(url: str) -> Any:
+    return await connect(url, timeout=2.0)
+
+
+# The dialogue's two clients, the console's and the CLI's.
 CONNECTORS: dict[str, Callable[[str], Awaitable[Any]]] = {
-    "dialogue": _dialogue,
-    "gateway-console": _console,
+    "bounded-pool": _bounded,
+    "blocking-pops": _blocking,
+    "unbounded": _unbounded,
 }
 
 
@@ -128,7 +133,7 @@ async def test_a_cluster_client_authenticates_on_every_node(
     cluster = ClusterServers(workdir / "cluster", password=PASSWORD)
     try:
         monkeypatch.setenv("REDIS_PASSWORD_FILE", str(password_file))
-        client = await dialogue_connect(cluster.url)
+        client = await _bounded(cluster.url)
         try:
             assert isinstance(client, RedisCluster)
             keys = [f"{{user-{n}}}:k" for n in range(30)]  # spread over every master's slots
@@ -139,7 +144,7 @@ async def test_a_cluster_client_authenticates_on_every_node(
             await client.aclose()
         monkeypatch.delenv("REDIS_PASSWORD_FILE")
         # Without the password the cluster is not even recognised as one.
-        refused = await dialogue_connect(cluster.url)
+        refused = await _bounded(cluster.url)
         try:
             with pytest.raises(RedisError):
                 await refused.ping()
@@ -173,7 +178,7 @@ async def test_rediss_with_a_client_certificate(
         monkeypatch.setenv("REDIS_TLS_CA", str(ca.cert))
         monkeypatch.setenv("REDIS_TLS_CERT", str(client_cert.cert))
         monkeypatch.setenv("REDIS_TLS_KEY", str(client_cert.key))
-        client = await dialogue_connect(url)
+        client = await _bounded(url)
         try:
             assert await client.ping() is True
         finally:
@@ -181,7 +186,7 @@ async def test_rediss_with_a_client_certificate(
         # No client certificate: the TLS handshake is refused.
         monkeypatch.delenv("REDIS_TLS_CERT")
         monkeypatch.delenv("REDIS_TLS_KEY")
-        refused = await console_connect(url)
+        refused = await _unbounded(url)
         try:
             with pytest.raises((RedisError, OSError)):
                 await refused.ping()

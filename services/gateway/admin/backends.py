@@ -9,16 +9,14 @@ client they opened themselves to `StaticBackends`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from mesh.channels import open_channel
-from mesh.redis_options import redis_options
+from mesh.redis_client import connect
 from services.gateway.admin.errors import BackendUnavailable
 from services.gateway.admin.users import RedisClient
 
@@ -51,24 +49,6 @@ class StaticBackends:
         self.redis = redis
 
 
-async def connect_redis(url: str) -> RedisClient:
-    """A client for ``url``: a cluster client when the server is a cluster node.
-
-    Credentials and TLS come from ``REDIS_*`` (``mesh.redis_options``).
-    """
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    options.update(redis_options(url))
-    client: RedisClient = Redis.from_url(url, **options)
-    try:
-        info = await client.info("cluster")
-    except (RedisError, OSError):
-        info = {}  # down for now: a standalone client, which fails until Redis is back
-    if info.get("cluster_enabled") in (1, "1"):
-        await client.aclose()
-        client = RedisCluster.from_url(url, **options)
-    return client
-
-
 class GrpcAdminBackends:
     """Channels to CHATLOG_ADDRESS and DIALOGUE_ADDRESS and a client of REDIS_URL."""
 
@@ -86,7 +66,7 @@ class GrpcAdminBackends:
         self._channels = [chatlog_channel, dialogue_channel]
         self._chatlog = chatlog_service_pb2_grpc.ChatlogServiceStub(chatlog_channel)
         self._dialogue = dialogue_service_pb2_grpc.DialogueServiceStub(dialogue_channel)
-        self._redis = await connect_redis(self._redis_url)
+        self._redis = await connect(self._redis_url, timeout=2.0)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, []
