@@ -35,7 +35,7 @@ EXPECTED: dict[str, list[tuple[str, str, str, str]]] = {
         ("m_ts_none", "message", "1007", "acme"),
     ],
     "unknown_kinds.json": [
-        ("pass_thread_control:", "unknown", "1009", "acme"),
+        ("message_edit:", "unknown", "1009", "acme"),
         ("game_play:", "unknown", "1009", "acme"),
         ("message:", "unknown", "1009", "acme"),
         ("empty:", "unknown", "1009", "acme"),
@@ -71,6 +71,14 @@ EXPECTED: dict[str, list[tuple[str, str, str, str]]] = {
         ("m_file_1", "message", "1018", "acme"),
     ],
     "no_messaging.json": [],
+    "handovers.json": [
+        ("take_thread_control:", "handover", "1019", "acme"),
+        ("pass_thread_control:", "handover", "1019", "acme"),
+        ("pass_thread_control:", "handover", "1020", "acme"),
+        ("request_thread_control:", "handover", "1020", "acme"),
+        ("app_roles:", "handover", "111", "acme"),
+        ("pass_thread_control:", "handover", "1021", "acme"),
+    ],
 }
 
 
@@ -140,7 +148,7 @@ def test_unknown_and_unusable_items_are_reported(
     response = gateway.post_webhook(payload("unknown_kinds.json"))
     assert response.json()["skipped"] == 1  # the policy_enforcement item names no user
     logs = gateway.logs()
-    assert "unknown Messenger event kinds" in logs and "pass_thread_control" in logs
+    assert "unknown Messenger event kinds" in logs and "message_edit" in logs
 
 
 def test_a_thousand_events_arrive_whole_in_order_in_chunks(

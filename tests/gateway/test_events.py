@@ -106,8 +106,8 @@ def test_string_timestamps_and_order_per_sender() -> None:
 def test_unknown_kinds_are_carried_or_skipped_with_a_reason() -> None:
     batch = parse_file("unknown_kinds.json")
     kinds = [(e.unknown.kind, json.loads(e.unknown.raw_json)) for e in batch.events]
-    assert [k for k, _ in kinds] == ["pass_thread_control", "game_play", "message", "empty"]
-    assert kinds[0][1]["pass_thread_control"]["new_owner_app_id"] == "123456789"
+    assert [k for k, _ in kinds] == ["message_edit", "game_play", "message", "empty"]
+    assert kinds[0][1]["message_edit"]["text"] == "fixed a typo"
     assert all(
         e.event_id.startswith(f"{k}:") for e, (k, _) in zip(batch.events, kinds, strict=True)
     )
@@ -250,3 +250,45 @@ def test_order_by_user_is_stable_for_equal_times() -> None:
 
     events = [event("a", "a2", 2), event("b", "b1", 1), event("a", "a1", 1), event("a", "a1b", 1)]
     assert [e.event_id for e in order_by_user(events)] == ["a1", "b1", "a1b", "a2"]
+
+
+def test_handover_protocol_events() -> None:
+    batch = parse_file("handovers.json")
+    assert not batch.skipped
+    take, back, idle, request, roles, between = batch.events
+    assert [e.WhichOneof("kind") for e in batch.events] == ["handover"] * 6
+    assert take.handover == ev.Handover(
+        action=ev.HANDOVER_ACTION_TAKE,
+        previous_owner_app_id="1111",
+        new_owner_app_id="263902037430900",
+        metadata="an agent took over",
+    )
+    assert take.event_id.startswith("take_thread_control:1700000006000:")
+    assert back.handover.action == ev.HANDOVER_ACTION_PASS
+    assert (back.handover.previous_owner_app_id, back.handover.new_owner_app_id) == (
+        "263902037430900",
+        "1111",
+    )
+    # Out of payload order, the sender's events come in timestamp order; a null
+    # previous owner (the thread was idle) is empty.
+    assert idle.handover.action == ev.HANDOVER_ACTION_PASS and idle.user.user_id == "1020"
+    assert idle.handover.previous_owner_app_id == ""
+    assert request.handover.action == ev.HANDOVER_ACTION_REQUEST
+    assert request.handover.requested_owner_app_id == "2222"  # a number in the payload
+    assert request.handover.metadata == "a CRM asks"
+    # app_roles names no person: the page's own conversation.
+    assert roles.user.user_id == "111" and roles.handover.action == ev.HANDOVER_ACTION_APP_ROLES
+    assert {(r.app_id, tuple(r.roles)) for r in roles.handover.app_roles} == {
+        ("1111", ("primary_receiver",)),
+        ("263902037430900", ("secondary_receiver",)),
+        ("3333", ()),
+    }
+    assert between.standby and between.handover.new_owner_app_id == "263902037430900"
+    assert kind_label(between) == "handover"
+
+
+def test_handover_ids_are_stable_and_distinct() -> None:
+    first, second = parse_file("handovers.json"), parse_file("handovers.json")
+    ids = [e.event_id for e in first.events]
+    assert ids == [e.event_id for e in second.events]
+    assert len(set(ids)) == len(ids)

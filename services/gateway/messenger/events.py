@@ -5,6 +5,10 @@ Pure functions over the parsed JSON: every entry, every ``messaging`` and
 missing key, a value of the wrong type or an unknown kind becomes an empty
 field, an `UnknownEvent`, or a skipped item with a reason, never an exception.
 
+The Handover Protocol's items (``pass_thread_control``, ``take_thread_control``,
+``request_thread_control``, ``app_roles``) become a ``Handover``; ``app_roles``
+names no person, so it goes to the page's own conversation.
+
 Event ids (the dialogue service's deduplication key within tenant and
 channel): the ``mid`` for messages and postbacks. Every other event, and a
 message or postback without a mid, gets ``<kind>:<timestamp>:<digest>``, the
@@ -37,7 +41,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mesh.tenants import Tenant
 
 # Messenger's kinds, in the order they are looked for in an event.
-KINDS = ("message", "postback", "reaction", "delivery", "read", "optin", "referral")
+KINDS = (
+    "message", "postback", "reaction", "delivery", "read", "optin", "referral",
+    "pass_thread_control", "take_thread_control", "request_thread_control", "app_roles",
+)  # fmt: skip
 _ENVELOPE = frozenset({"sender", "recipient", "timestamp"})
 _MAX_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, Timestamp's limit
 _MAX_ID = 256  # longer ids are not Messenger's; they are hashed, not passed on
@@ -57,6 +64,13 @@ _ATTACHMENT_TYPES = {
 _REACTION_ACTIONS = {
     "react": ev.REACTION_ACTION_REACT,
     "unreact": ev.REACTION_ACTION_UNREACT,
+}
+# The Handover Protocol's events (``messaging_handovers``).
+_HANDOVER_ACTIONS = {
+    "pass_thread_control": ev.HANDOVER_ACTION_PASS,
+    "take_thread_control": ev.HANDOVER_ACTION_TAKE,
+    "request_thread_control": ev.HANDOVER_ACTION_REQUEST,
+    "app_roles": ev.HANDOVER_ACTION_APP_ROLES,
 }
 
 
@@ -239,6 +253,27 @@ def _postback(body: Mapping[str, Any]) -> ev.Postback:
     return postback
 
 
+def _handover(kind: str, body: Mapping[str, Any]) -> ev.Handover:
+    handover = ev.Handover(
+        action=_HANDOVER_ACTIONS[kind],
+        new_owner_app_id=_bounded_id(_ident(body.get("new_owner_app_id"))),
+        previous_owner_app_id=_bounded_id(_ident(body.get("previous_owner_app_id"))),
+        requested_owner_app_id=_bounded_id(_ident(body.get("requested_owner_app_id"))),
+        metadata=_text(body.get("metadata")),
+    )
+    if kind == "app_roles":
+        # {"<app id>": ["primary_receiver", ...], ...}
+        for app_id, roles in body.items():
+            names = roles if isinstance(roles, list) else []
+            handover.app_roles.append(
+                ev.AppRoles(
+                    app_id=_bounded_id(_ident(app_id)),
+                    roles=[_text(r) for r in names if _text(r)],
+                )
+            )
+    return handover
+
+
 def _fill_kind(event: ev.ChatEvent, kind: str, body: Mapping[str, Any]) -> None:
     if kind == "message":
         event.message.CopyFrom(_message(body))
@@ -280,6 +315,8 @@ def _fill_kind(event: ev.ChatEvent, kind: str, body: Mapping[str, Any]) -> None:
         )
     elif kind == "referral":
         event.referral.CopyFrom(_referral(body))
+    elif kind in _HANDOVER_ACTIONS:
+        event.handover.CopyFrom(_handover(kind, body))
 
 
 def kind_of(raw: Mapping[str, Any]) -> str:
@@ -299,6 +336,10 @@ def _user_id(raw: Mapping[str, Any], kind: str, body: Mapping[str, Any], echo: b
     user_id = _ident(party.get("id"))
     if user_id:
         return user_id
+    if kind == "app_roles":
+        # Roles are the page's, not a person's: they go to the page's own
+        # conversation (its id as the user), so they are recorded in order.
+        return _ident(_dict(raw.get("recipient")).get("id"))
     # The checkbox plugin's opt-in names no PSID yet, only a user_ref.
     user_ref = _ident(party.get("user_ref")) or (
         _ident(body.get("user_ref")) if kind == "optin" else ""
