@@ -8,8 +8,6 @@ every message was answered, once, and in order.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 import statistics
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from cli.graph_standin import GraphStandIn, Sent
+from services.gateway.messenger.signature import sign
 
 SCRIPT = [
     "hello",
@@ -47,10 +46,6 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not self.missing and not self.duplicate_replies and not self.out_of_order_users
-
-
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _event(page_id: str, user: str, mid: str, text: str, at_ms: int) -> dict[str, object]:
@@ -134,7 +129,7 @@ def simulate(
                             content=body,
                             headers={
                                 "Content-Type": "application/json",
-                                "X-Hub-Signature-256": sign(body, app_secret),
+                                "X-Hub-Signature-256": sign(app_secret, body),
                             },
                         )
                         if response.status_code == 200:

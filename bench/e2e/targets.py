@@ -23,7 +23,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc as chatlog_grpc
 
 from bench.e2e.load import Delivery, HttpPool, Message, messenger_body
 from bench.e2e.systems import APP_SECRET, PAGE_ID, GraphProcess, OurStack, RasaServer
-from cli.simulate import sign
+from services.gateway.messenger.signature import sign
 
 TENANT_ID = "default"
 
@@ -152,7 +152,7 @@ class StackTarget(Target):
                 PAGE_ID, message, int(time.time() * 1000)
             )
         status, _ = await self.pool().post(
-            "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(body, APP_SECRET)}
+            "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(APP_SECRET, body)}
         )
         return Delivery(status)
 

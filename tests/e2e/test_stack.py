@@ -25,7 +25,8 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from cli.graph_standin import GraphStandIn
-from cli.simulate import sign, simulate
+from cli.simulate import simulate
+from services.gateway.messenger.signature import sign
 from tests.dialogue.test_tracing import Collector
 from tests.nlu_process import nlu_python
 from tests.redis_servers import RedisServer
@@ -185,7 +186,7 @@ def test_one_webhook_makes_one_trace_across_the_services(
             content=body,
             headers={
                 "Content-Type": "application/json",
-                "X-Hub-Signature-256": sign(body, "local-app-secret"),
+                "X-Hub-Signature-256": sign("local-app-secret", body),
                 "traceparent": f"00-{trace_id}-{root}-01",
             },
             timeout=10,
