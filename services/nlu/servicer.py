@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 import grpc
 from chatbot.common.v1 import nlu_result_pb2
 from chatbot.nlu.v1 import nlu_service_pb2, nlu_service_pb2_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh import get_logger
+from mesh.timestamps import timestamp_ms
 from services.nlu import metrics
 from services.nlu.backend import NluBackend, ParseResult
 from services.nlu.registry import ModelNotReady, ModelRegistry, UnknownTenant
@@ -186,8 +186,6 @@ class NluServicer(nlu_service_pb2_grpc.NluServiceServicer):
         except (UnknownTenant, ModelNotReady) as exc:
             await self._abort(context, exc)
         info = backend.info
-        train_time = Timestamp()
-        train_time.FromNanoseconds(int(info.train_time * 1e9))
         return nlu_service_pb2.GetModelResponse(
             model_version=info.version,
             tenant_id=request.tenant_id,
@@ -196,7 +194,7 @@ class NluServicer(nlu_service_pb2_grpc.NluServiceServicer):
             entities=info.entities,
             fallback_threshold=info.fallback_threshold,
             fallback_intent=info.fallback_intent,
-            train_time=train_time,
+            train_time=timestamp_ms(round(info.train_time * 1000)),
             model_path=info.path,
             pipeline=info.pipeline,
         )

@@ -35,7 +35,7 @@ class KeywordBackend:
             entities=["order_id"],
             fallback_threshold=0.4,
             fallback_intent="nlu_fallback",
-            train_time=1_700_000_000.0,
+            train_time=1_700_000_000.25,
             path=f"/models/{version}.tar.gz",
             pipeline=["KeywordClassifier"],
         )
@@ -205,6 +205,8 @@ async def test_not_ready_until_the_default_model_loads() -> None:
                 await stub.GetModel(pb.GetModelRequest())
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             registry.set_default(KeywordBackend("v1"))
-            assert (await stub.GetModel(pb.GetModelRequest())).model_version == "v1"
+            model = await stub.GetModel(pb.GetModelRequest())
+            assert model.model_version == "v1"
+            assert model.train_time.ToMilliseconds() == 1_700_000_000_250
     finally:
         await server.stop(0)
