@@ -8,60 +8,18 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from mesh import ConfigError, configure_logging
+from mesh import bootstrap
+
+DESCRIPTION = "The dialogue service: every user's events answered in order, exactly once."
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.dialogue",
-        description="The dialogue service: every user's events answered in order, exactly once.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "serve",
-        help="serve chatbot.dialogue.v1.DialogueService and run this replica's workers",
-        description="Serve on GRPC_HOST:DIALOGUE_PORT (127.0.0.1:50051) with health and "
-        "reflection, /metrics on METRICS_PORT (9051). DIALOGUE_ROLE chooses the half: "
-        "'intake' serves the API (events queued, acknowledged), 'worker' runs the turns "
-        "(health and reflection only on its port), 'all' (the default) both in one process. "
-        "Queues and leases live in REDIS_URL "
-        "(a cluster node works too); the NLU and chatlog services are at NLU_ADDRESS and "
-        "CHATLOG_ADDRESS; replies go to MESSENGER_GRAPH_API_URL. Tenants come from "
-        "TENANTS_FILE or the MESSENGER_* variables; see the README for every setting.",
-    )
-    commands.add_parser(
-        "check-domain",
-        help="load every tenant's domain file and report errors",
-        description="Load the tenants and their domain files, print what each bot answers.",
-    )
-    args = parser.parse_args(argv)
-    try:
-        from mesh.tenants import Tenants
+def _serve(args: argparse.Namespace) -> int:
+    from mesh.tenants import Tenants
+    from services.dialogue.server import serve
+    from services.dialogue.settings import DialogueSettings
 
-        tenants = Tenants.from_env()
-        if args.command == "check-domain":
-            from services.dialogue.domain import load_domains
-
-            for tenant_id, domain in load_domains(tenants).items():
-                print(
-                    f"{tenant_id}: {len(domain.responses)} responses, "
-                    f"{len(domain.actions)} actions, slots {sorted(domain.slots)}"
-                )
-            return 0
-        configure_logging("dialogue")
-        from mesh.tracing import setup_tracing, shutdown_tracing
-        from services.dialogue.server import serve
-        from services.dialogue.settings import DialogueSettings
-
-        setup_tracing("dialogue")
-        try:
-            _run(serve(DialogueSettings.from_env(), tenants))
-        finally:
-            shutdown_tracing()
-        return 0
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    _run(serve(DialogueSettings.from_env(), Tenants.from_env()))
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -73,6 +31,46 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def _check_domain(args: argparse.Namespace) -> int:
+    from mesh.tenants import Tenants
+    from services.dialogue.domain import load_domains
+
+    for tenant_id, domain in load_domains(Tenants.from_env()).items():
+        print(
+            f"{tenant_id}: {len(domain.responses)} responses, "
+            f"{len(domain.actions)} actions, slots {sorted(domain.slots)}"
+        )
+    return 0
+
+
+COMMANDS = [
+    bootstrap.Command(
+        "serve",
+        help="serve chatbot.dialogue.v1.DialogueService and run this replica's workers",
+        description="Serve on GRPC_HOST:DIALOGUE_PORT (127.0.0.1:50051) with health and "
+        "reflection, /metrics on METRICS_PORT (9051). DIALOGUE_ROLE chooses the half: "
+        "'intake' serves the API (events queued, acknowledged), 'worker' runs the turns "
+        "(health and reflection only on its port), 'all' (the default) both in one process. "
+        "Queues and leases live in REDIS_URL "
+        "(a cluster node works too); the NLU and chatlog services are at NLU_ADDRESS and "
+        "CHATLOG_ADDRESS; replies go to MESSENGER_GRAPH_API_URL. Tenants come from "
+        "TENANTS_FILE or the MESSENGER_* variables; see the README for every setting.",
+        run=_serve,
+        traces=True,
+    ),
+    bootstrap.Command(
+        "check-domain",
+        help="load every tenant's domain file and report errors",
+        description="Load the tenants and their domain files, print what each bot answers.",
+        run=_check_domain,
+    ),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bootstrap.main("dialogue", DESCRIPTION, COMMANDS, argv)
 
 
 if __name__ == "__main__":

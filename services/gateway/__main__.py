@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mesh import ConfigError, configure_logging
+from mesh import bootstrap
+
+DESCRIPTION = (
+    "The gateway: the Messenger webhook, the JSON channel for other clients, authentication "
+    "and rate limits, in front of the dialogue service."
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.gateway",
-        description="The gateway: the Messenger webhook, the JSON channel for other "
-        "clients, authentication and rate limits, in front of the dialogue service.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+def _serve(args: argparse.Namespace) -> int:
+    from mesh.tenants import Tenants
+    from services.gateway.server import build_app, serve
+    from services.gateway.settings import GatewaySettings
+
+    settings, tenants = GatewaySettings.from_env(), Tenants.from_env()
+    serve(settings, tenants, build_app(settings, tenants))
+    return 0
+
+
+COMMANDS = [
+    bootstrap.Command(
         "serve",
         help="serve HTTP on GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8080)",
         description="Serve /webhooks/messenger, /api/v1/messages, /healthz, /readyz and "
@@ -34,32 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         "The admin console is at /admin (its JSON API at /api/admin), behind a login: "
         "ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) create the first "
         "administrator; `chatbot users add` adds more.",
+        run=_serve,
+        traces=True,
     )
-    return parser
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "serve":
-        configure_logging("gateway")
-        from mesh.tenants import Tenants
-        from mesh.tracing import setup_tracing, shutdown_tracing
-        from services.gateway.server import build_app, serve
-        from services.gateway.settings import GatewaySettings
-
-        try:
-            settings, tenants = GatewaySettings.from_env(), Tenants.from_env()
-            app = build_app(settings, tenants)
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
-        setup_tracing("gateway")
-        try:
-            serve(settings, tenants, app)
-        finally:
-            shutdown_tracing()
-        return 0
-    return 2
+    return bootstrap.main("gateway", DESCRIPTION, COMMANDS, argv)
 
 
 if __name__ == "__main__":
