@@ -9,6 +9,10 @@ APPENDED = Counter(
     "Messages AppendMessages was given, by whether they were new or already stored.",
     ["status"],
 )
+RECEIPTS = Counter(
+    "chatlog_receipts_recorded_total",
+    "Delivery and read receipts AppendMessages recorded on their conversations.",
+)
 STORE_UP = Gauge(
     "chatlog_store_up",
     "1 while the store (Cassandra or SQLite) answers the health probe, else 0.",

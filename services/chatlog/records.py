@@ -327,3 +327,47 @@ class RetentionRecord:
     tenant_id: str
     message_ttl_ns: int  # 0: kept until deleted
     update_ns: int | None  # None for the default policy
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRecord:
+    """A delivery or read watermark for one conversation."""
+
+    tenant_id: str
+    conversation_id: str
+    channel: int
+    user_id: str
+    read: bool  # False: delivered
+    watermark_ns: int
+
+    @classmethod
+    def build(cls, receipt: pb.Receipt) -> ReceiptRecord:
+        return cls(
+            tenant_id=receipt.user.tenant_id,
+            conversation_id=receipt.conversation_id,
+            channel=int(receipt.user.channel),
+            user_id=receipt.user.user_id,
+            read=receipt.kind == pb.RECEIPT_KIND_READ,
+            watermark_ns=timestamp_ns(receipt.watermark_time),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """How far a conversation's receipts reach (0: no receipt of that kind)."""
+
+    delivered_ns: int = 0
+    read_ns: int = 0
+
+    def status(self, message: pb.ChatMessage) -> pb.DeliveryStatus.ValueType:
+        """An outbound message's status: covered when sent (or, unsent, created) by a watermark."""
+        if message.direction != pb.DIRECTION_OUTBOUND or message.type == pb.MESSAGE_TYPE_SYSTEM:
+            return pb.DELIVERY_STATUS_UNSPECIFIED
+        stamp = message.sent_time if message.HasField("sent_time") else message.create_time
+        at = timestamp_ns(stamp)
+        if self.read_ns and at <= self.read_ns:
+            return pb.DELIVERY_STATUS_READ
+        # A read covers what it reads: whatever was read was delivered.
+        if at <= max(self.delivered_ns, self.read_ns):
+            return pb.DELIVERY_STATUS_DELIVERED
+        return pb.DELIVERY_STATUS_SENT

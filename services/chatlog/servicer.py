@@ -29,11 +29,12 @@ from services.chatlog.errors import (
     StoreUnavailable,
 )
 from services.chatlog.export import rasa_nlu_yaml
-from services.chatlog.metrics import APPENDED
+from services.chatlog.metrics import APPENDED, RECEIPTS
 from services.chatlog.records import (
     DAY_NS,
     ConversationSummary,
     MessageRecord,
+    ReceiptRecord,
     RetentionRecord,
     ns_duration,
     ns_timestamp,
@@ -157,14 +158,22 @@ class ChatlogServicer(chatlog_service_pb2_grpc.ChatlogServiceServicer):
 
     async def _append(self, request: pb.AppendMessagesRequest) -> pb.AppendMessagesResponse:
         messages = request.messages
-        if not messages:
+        total = len(messages) + len(request.receipts)
+        if not total:
             raise InvalidArgument("messages is empty: send 1 to 500 messages")
-        if len(messages) > self._limits.max_batch:
+        if total > self._limits.max_batch:
             raise InvalidArgument(
-                f"messages has {len(messages)} items; the maximum is {self._limits.max_batch}"
+                f"messages and receipts have {total} items; the maximum is {self._limits.max_batch}"
             )
         for index, message in enumerate(messages):
             check.message(index, message, self._tenants, self._limits)
+        for index, receipt in enumerate(request.receipts):
+            check.receipt(index, receipt, self._tenants, self._limits)
+        if request.receipts:
+            await self._store.record_receipts([ReceiptRecord.build(r) for r in request.receipts])
+            RECEIPTS.inc(len(request.receipts))
+        if not messages:
+            return pb.AppendMessagesResponse()
         records = [
             MessageRecord.build(
                 message,
@@ -297,7 +306,12 @@ class ChatlogServicer(chatlog_service_pb2_grpc.ChatlogServiceServicer):
         found = list(reversed(scan.messages)) if backwards else scan.messages
         if not found and anchor is None:
             raise NotFound(f"conversation {conversation!r} has no message for tenant {tenant!r}")
-        response = pb.ListMessagesResponse(messages=_messages(found))
+        messages = _messages(found)
+        if any(m.direction == pb.DIRECTION_OUTBOUND for m in messages):
+            marks = await self._store.watermarks(tenant, conversation)
+            for message in messages:
+                message.delivery_status = marks.status(message)
+        response = pb.ListMessagesResponse(messages=messages)
         if found:
             first, last = found[0].key, found[-1].key
             # Forwards, more is known from the scan; a previous page always has its anchor after it.

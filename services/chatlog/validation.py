@@ -177,6 +177,24 @@ def message(index: int, msg: pb.ChatMessage, tenants: Tenants, limits: Limits) -
             )
 
 
+def receipt(index: int, msg: pb.Receipt, tenants: Tenants, limits: Limits) -> None:
+    """A receipt AppendMessages can record; the error names ``receipts[index].field``."""
+    where = f"receipts[{index}]."
+    if not msg.HasField("user"):
+        raise InvalidArgument(f"{where}user is required")
+    tenant(tenants, msg.user.tenant_id, f"{where}user.tenant_id")
+    channel(msg.user.channel, f"{where}user.channel", required=True)
+    identifier(msg.user.user_id, f"{where}user.user_id", limits)
+    identifier(msg.conversation_id, f"{where}conversation_id", limits)
+    if msg.kind not in (pb.RECEIPT_KIND_DELIVERED, pb.RECEIPT_KIND_READ):
+        raise InvalidArgument(f"{where}kind must be RECEIPT_KIND_DELIVERED or RECEIPT_KIND_READ")
+    if not msg.HasField("watermark_time"):
+        raise InvalidArgument(f"{where}watermark_time is required")
+    ts = msg.watermark_time
+    if not 0 <= ts.nanos < NS or not MIN_STORED_NS <= timestamp_ns(ts) < MAX_STORED_NS:
+        raise InvalidArgument(f"{where}watermark_time must be a time between 1970 and 2200")
+
+
 def words(query: str, limits: Limits) -> tuple[str, ...]:
     """The distinct case-folded words of a search query."""
     found = tuple(dict.fromkeys(query.casefold().split()))

@@ -25,7 +25,9 @@ from services.chatlog.records import (
     ConversationSummary,
     MessageKey,
     MessageRecord,
+    ReceiptRecord,
     RetentionRecord,
+    Watermarks,
 )
 from services.chatlog.stats import StatsAggregator
 
@@ -173,6 +175,12 @@ class ChatlogStore(Protocol):
         StaleFencingToken for a record whose token is below its user's, and
         InvalidArgument for one whose conversation belongs to another user.
         """
+
+    async def record_receipts(self, receipts: Sequence[ReceiptRecord]) -> None:
+        """Keeps each conversation's latest delivery and read watermarks (never lowers one)."""
+
+    async def watermarks(self, tenant_id: str, conversation_id: str) -> Watermarks:
+        """A conversation's watermarks; zeros where no receipt came."""
 
     async def list_conversations(self, query: ConversationQuery) -> ConversationPage: ...
 

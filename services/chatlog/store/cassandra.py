@@ -43,7 +43,9 @@ from services.chatlog.records import (
     NS,
     ConversationSummary,
     MessageRecord,
+    ReceiptRecord,
     RetentionRecord,
+    Watermarks,
     day_of,
     month_of,
     months_between,
@@ -235,6 +237,14 @@ _STATEMENTS = {
     "get_retention": "SELECT message_ttl_seconds, message_ttl_nanos, update_ns "
     "FROM {ks}.retention_policies "
     "WHERE tenant_id = ?",
+    "put_delivered": "UPDATE {ks}.receipts_by_conversation USING TIMESTAMP ? "
+    "SET delivered_ns = ? WHERE tenant_id = ? AND conversation_id = ?",
+    "put_read": "UPDATE {ks}.receipts_by_conversation USING TIMESTAMP ? "
+    "SET read_ns = ? WHERE tenant_id = ? AND conversation_id = ?",
+    "get_receipts": "SELECT delivered_ns, read_ns FROM {ks}.receipts_by_conversation "
+    "WHERE tenant_id = ? AND conversation_id = ?",
+    "delete_receipts": "DELETE FROM {ks}.receipts_by_conversation "
+    "WHERE tenant_id = ? AND conversation_id = ?",
     "ping": "SELECT release_version FROM system.local WHERE key = 'local'",
     "put_retention": "INSERT INTO {ks}.retention_policies (tenant_id, message_ttl_seconds, "
     "message_ttl_nanos, update_ns) VALUES (?, ?, ?, ?)",
@@ -902,13 +912,36 @@ class CassandraStore:
                         ref.conversation_id,
                     ),
                 ]
-            deletes.append(
-                delete("delete_user", tenant_id, user_id, ref.channel, ref.conversation_id)
-            )
+            deletes += [
+                delete("delete_receipts", tenant_id, ref.conversation_id),
+                delete("delete_user", tenant_id, user_id, ref.channel, ref.conversation_id),
+            ]
             await asyncio.gather(*deletes)
         channels = [channel] if channel else [c for c in event_pb2.Channel.values() if c]
         await asyncio.gather(*(delete("delete_fence", tenant_id, c, user_id) for c in channels))
         return DeleteResult(messages, conversations)
+
+    async def record_receipts(self, receipts: Sequence[ReceiptRecord]) -> None:
+        # The write time is the watermark (microseconds), so a later receipt
+        # always wins and a late or repeated one changes nothing.
+        await asyncio.gather(
+            *(
+                self._run(
+                    "put_read" if r.read else "put_delivered",
+                    r.watermark_ns // 1000,
+                    r.watermark_ns,
+                    r.tenant_id,
+                    r.conversation_id,
+                )
+                for r in receipts
+            )
+        )
+
+    async def watermarks(self, tenant_id: str, conversation_id: str) -> Watermarks:
+        rows = await self._run("get_receipts", tenant_id, conversation_id)
+        if not rows:
+            return Watermarks()
+        return Watermarks(rows[0].delivered_ns or 0, rows[0].read_ns or 0)
 
     async def get_retention(self, tenant_id: str) -> RetentionRecord | None:
         rows = await self._run("get_retention", tenant_id)

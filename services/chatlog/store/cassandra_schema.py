@@ -139,6 +139,14 @@ TABLES = (
     user_id text,
     fencing_token bigint,
     PRIMARY KEY ((tenant_id, channel, user_id)))""",
+    # Written with the watermark as the write time: the latest watermark wins,
+    # whatever order the receipts arrive in.
+    """CREATE TABLE IF NOT EXISTS {ks}.receipts_by_conversation (
+    tenant_id text,
+    conversation_id text,
+    delivered_ns bigint,
+    read_ns bigint,
+    PRIMARY KEY ((tenant_id, conversation_id)))""",
     """CREATE TABLE IF NOT EXISTS {ks}.retention_policies (
     tenant_id text PRIMARY KEY,
     message_ttl_seconds bigint,

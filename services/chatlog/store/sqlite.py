@@ -36,7 +36,9 @@ from services.chatlog.records import (
     NS,
     ConversationSummary,
     MessageRecord,
+    ReceiptRecord,
     RetentionRecord,
+    Watermarks,
 )
 from services.chatlog.stats import StatsAggregator, StatsRow
 from services.chatlog.store.base import (
@@ -120,6 +122,17 @@ CREATE TABLE IF NOT EXISTS fences (
     update_ns INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, channel, user_id)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS receipts (
+    tenant_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    channel INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    delivered_ns INTEGER NOT NULL,  -- 0: none yet
+    read_ns INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS receipts_by_user ON receipts (tenant_id, user_id);
 
 CREATE TABLE IF NOT EXISTS retention_policies (
     tenant_id TEXT PRIMARY KEY,
@@ -312,6 +325,34 @@ class SqliteStore:
                     self._add_to_summary(con, index, record)
         return created
 
+    async def record_receipts(self, receipts: Sequence[ReceiptRecord]) -> None:
+        def put(con: sqlite3.Connection) -> None:
+            with _transaction(con):
+                con.executemany(
+                    "INSERT INTO receipts VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET "
+                    "delivered_ns=max(delivered_ns, excluded.delivered_ns), "
+                    "read_ns=max(read_ns, excluded.read_ns)",
+                    [
+                        (r.tenant_id, r.conversation_id, r.channel, r.user_id,
+                         0 if r.read else r.watermark_ns, r.watermark_ns if r.read else 0)
+                        for r in receipts
+                    ],
+                )  # fmt: skip
+
+        await self._write(put)
+
+    async def watermarks(self, tenant_id: str, conversation_id: str) -> Watermarks:
+        def get(con: sqlite3.Connection) -> Watermarks:
+            row = con.execute(
+                "SELECT delivered_ns, read_ns FROM receipts "
+                "WHERE tenant_id=? AND conversation_id=?",
+                (tenant_id, conversation_id),
+            ).fetchone()
+            return Watermarks(row[0], row[1]) if row else Watermarks()
+
+        return await self._read(get)
+
     @staticmethod
     def _check_fence(con: sqlite3.Connection, index: int, record: MessageRecord) -> None:
         token = record.fencing_token
@@ -375,6 +416,7 @@ class SqliteStore:
                     f"DELETE FROM conversations WHERE {where} RETURNING expire_ns", args
                 ).fetchall()
                 con.execute(f"DELETE FROM fences WHERE {where}", args)
+                con.execute(f"DELETE FROM receipts WHERE {where}", args)
 
             # Expired rows not purged yet were already invisible: not counted.
             def live(rows: list[Any]) -> int:
