@@ -3,8 +3,11 @@
 ``chatbot simulate`` runs it so the bot's replies can be seen without a
 Facebook page: ``POST /<version>/me/messages`` is recorded and answered like
 the Send API; ``GET /<version>/me`` answers the page's id (the dialogue's
-Send API breaker asks it whether the API answers); ``GET /orders/<id>`` and
-``GET /weather?city=`` answer the starter bot's actions.
+Send API breaker asks it whether the API answers); the Handover Protocol's
+``POST /me/pass_thread_control``, ``take_thread_control`` and
+``request_thread_control`` succeed, ``GET /me/thread_owner`` names the app
+last passed a thread and ``GET /me/secondary_receivers`` lists the Page Inbox;
+``GET /orders/<id>`` and ``GET /weather?city=`` answer the starter bot's actions.
 
 It speaks HTTP/1.1 with keep-alive, as the Graph API does;
 ``close_connections`` answers every request with ``Connection: close``
@@ -38,6 +41,10 @@ def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str
             doc = json.loads(body or b"{}")
         except ValueError:
             return 400, {"error": {"message": "bad JSON", "code": 100}}, None
+        edge = url.path.rsplit("/", 1)[-1]
+        if edge in _THREAD_EDGES:
+            status, answer = _thread_control(edge, doc)
+            return status, answer, None
         if not url.path.endswith("/me/messages"):
             return 404, {"error": {"message": "unknown path", "code": 100}}, None
         recipient = str(doc.get("recipient", {}).get("id", ""))
@@ -51,6 +58,11 @@ def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str
         return 200, {"recipient_id": recipient, "message_id": message_id}, reply
     if url.path.endswith("/me"):
         return 200, {"id": "page-1"}, None
+    if url.path.endswith("/me/thread_owner"):
+        owner = _thread_owners.get(parse_qs(url.query).get("recipient", [""])[0])
+        return 200, {"data": [{"thread_owner": {"app_id": owner}}] if owner else []}, None
+    if url.path.endswith("/me/secondary_receivers"):
+        return 200, {"data": [{"id": PAGE_INBOX_APP_ID, "name": "Page Inbox"}]}, None
     if url.path.startswith("/orders/"):
         order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
         return (200, order, None) if order else (404, {"error": "none"}, None)
@@ -61,6 +73,22 @@ def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str
 
 
 _sent_ids = itertools.count(1)
+PAGE_INBOX_APP_ID = "263902037430900"
+_THREAD_EDGES = ("pass_thread_control", "take_thread_control", "request_thread_control")
+_thread_owners: dict[str, str] = {}  # recipient -> the app last passed the thread
+
+
+def _thread_control(edge: str, doc: dict[str, Any]) -> tuple[int, object]:
+    recipient = str((doc.get("recipient") or {}).get("id", ""))
+    if not recipient:
+        return 400, {
+            "error": {"message": "(#100) The parameter recipient is required", "code": 100}
+        }
+    if edge == "pass_thread_control":
+        _thread_owners[recipient] = str(doc.get("target_app_id") or "")
+    elif edge == "take_thread_control":
+        _thread_owners.pop(recipient, None)
+    return 200, {"success": True}
 
 
 @dataclass

@@ -11,11 +11,14 @@ Read from the YAML file named by ``TENANTS_FILE``::
         api_keys: ["${ACME_API_KEY}"]           # for the JSON channel
         domain: domains/acme.yml                # the bot's responses and actions
         nlu_model: models/acme.tar.gz           # optional: the default model otherwise
+        handover_target_app_id: "263902037430900"  # optional: who gets hand-offs
 
 or, without that file, one tenant from the environment: ``TENANT_ID``
 (``default``), ``PAGE_ID``, ``MESSENGER_APP_SECRET``, ``MESSENGER_VERIFY_TOKEN``,
-``MESSENGER_PAGE_ACCESS_TOKEN``, ``API_KEYS`` (comma-separated), ``DOMAIN_FILE``
-(each secret may also come from ``NAME_FILE``). Relative paths are relative
+``MESSENGER_PAGE_ACCESS_TOKEN``, ``API_KEYS`` (comma-separated), ``DOMAIN_FILE``,
+``MESSENGER_HANDOVER_TARGET_APP_ID`` (each secret may also come from ``NAME_FILE``).
+``handover_target_app_id`` is the app a hand-off to a person passes the Messenger
+thread to (Handover Protocol): Meta's Page Inbox unless set. Relative paths are relative
 to the tenants file. Secrets never appear in a tenant's repr.
 """
 
@@ -36,6 +39,8 @@ DEFAULT_TENANT_ID = "default"
 _TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRETS = ("app_secret", "verify_token", "page_access_token")
+# Meta's Page Inbox, as a Handover Protocol app.
+PAGE_INBOX_APP_ID = "263902037430900"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Tenant:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     domain: str = ""
     nlu_model: str = ""
+    handover_target_app_id: str = PAGE_INBOX_APP_ID
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -95,6 +101,10 @@ class Tenants:
                     page_access_token=env.secret("MESSENGER_PAGE_ACCESS_TOKEN") or "",
                     api_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
                     domain=env.string("DOMAIN_FILE", ""),
+                    handover_target_app_id=_app_id(
+                        env.string("MESSENGER_HANDOVER_TARGET_APP_ID", "") or PAGE_INBOX_APP_ID,
+                        "MESSENGER_HANDOVER_TARGET_APP_ID",
+                    ),
                 )
             ]
         )
@@ -154,9 +164,18 @@ def _tenant(path: Path, index: int, entry: Any, environ: Mapping[str, str]) -> T
         api_keys=tuple(_expand(str(k), f"{where}.api_keys", environ) for k in raw_keys),
         domain=local_path("domain"),
         nlu_model=local_path("nlu_model"),
+        handover_target_app_id=_app_id(
+            text("handover_target_app_id") or PAGE_INBOX_APP_ID, f"{where}.handover_target_app_id"
+        ),
         settings=dict(entry),
         **secrets,
     )
+
+
+def _app_id(value: str, where: str) -> str:
+    if not value.strip().isdigit():
+        raise ConfigError(f"{where} must be a Facebook app id (digits), not {value!r}")
+    return value.strip()
 
 
 def validate_tenant_id(tenant_id: str) -> str:

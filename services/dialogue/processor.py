@@ -27,6 +27,7 @@ from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import HUMAN_AGENT, OutboundChannel, SendError, SendHeld
 from services.dialogue.clients import Chatlog, Nlu, NluUnavailable
 from services.dialogue.domain import Domain
+from services.dialogue.handover import ThreadControl, thread_change
 from services.dialogue.keys import UserId
 from services.dialogue.policy import Outcome
 from services.dialogue.records import (
@@ -85,6 +86,7 @@ class Processor:
         chatlog: Chatlog,
         channels: Mapping[int, OutboundChannel],
         actions: ActionRunner,
+        threads: ThreadControl | None = None,
     ) -> None:
         self._store = store
         self._tenants = tenants
@@ -93,6 +95,7 @@ class Processor:
         self._chatlog = chatlog
         self._channels = channels
         self._actions = actions
+        self._threads = threads  # Messenger's Handover Protocol calls
 
     async def process(self, lease: Lease, head: Head) -> int:
         """Processes the head item; returns how many items remain queued."""
@@ -128,7 +131,7 @@ class Processor:
             head,
             RESULT_CONVERSE + _converse_response(event, outcome, turn).SerializeToString(),
             slots=dict(outcome.slots),
-            handoff=handoff or None,
+            handoff=(handoff | await self._thread(lease, tenant, head, event, outcome)) or None,
             records=outbox,
             traceparent=tracing.current_traceparent() if outbox else "",
         )
@@ -348,6 +351,18 @@ class Processor:
         if tenant is None:
             raise LookupError(f"tenant {tenant_id!r} is no longer configured")
         return tenant
+
+    async def _thread(
+        self, lease: Lease, tenant: Tenant, head: Head, event: event_pb2.ChatEvent, outcome: Outcome
+    ) -> dict[str, str]:
+        """The turn's effect on who owns the Messenger thread (Handover Protocol)."""
+        fields = thread_change(event, tenant.handover_target_app_id, _now_ms())
+        if self._threads is not None:
+            reason = outcome.handoff.reason if outcome.handoff else ""
+            fields |= await self._threads.after_turn(
+                self._store, lease, tenant, head, event, reason
+            )
+        return fields
 
 
 def _now_ms() -> int:

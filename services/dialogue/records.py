@@ -15,6 +15,7 @@ from chatbot.common.v1 import event_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.dialogue.handover import describe as describe_handover
 from services.dialogue.keys import UserId
 from services.dialogue.policy import Outcome
 
@@ -144,6 +145,9 @@ def _describe(record: chatlog_pb.ChatMessage, event: event_pb2.ChatEvent) -> Non
         record.type = chatlog_pb.MESSAGE_TYPE_REACTION
         record.text = event.reaction.emoji or event.reaction.reaction
         record.referenced_message_id = event.reaction.mid
+    elif kind == "handover":
+        record.type = chatlog_pb.MESSAGE_TYPE_SYSTEM
+        record.text = describe_handover(event)
     else:
         record.type = chatlog_pb.MESSAGE_TYPE_SYSTEM
         record.text = f"[{kind}]"

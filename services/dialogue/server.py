@@ -20,6 +20,7 @@ from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import MessengerChannel, OutboundChannel
 from services.dialogue.clients import ChatlogOutbox, GrpcNlu
 from services.dialogue.domain import load_domains
+from services.dialogue.handover import ThreadControl
 from services.dialogue.http import HttpClient
 from services.dialogue.processor import Processor
 from services.dialogue.servicer import DialogueServicer
@@ -69,15 +70,18 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
         port=settings.port,
         service_names=[SERVICE_NAME] if settings.serves_api else [],
     )
+    closers: list[Callable[[], Awaitable[None]]] = []
     if settings.serves_api:
-        dialogue_service_pb2_grpc.add_DialogueServiceServicer_to_server(
-            DialogueServicer(store, tenants, chatlog, settings.page_token_secret), server.grpc
-        )
+        # The console's hand-off and give-back call Messenger's thread control.
+        thread_http = HttpClient(max_connections=20)
+        closers.append(thread_http.aclose)
+        threads = ThreadControl(thread_http, settings.graph_api_url)
+        servicer = DialogueServicer(store, tenants, chatlog, settings.page_token_secret, threads)
+        dialogue_service_pb2_grpc.add_DialogueServiceServicer_to_server(servicer, server.grpc)
     serve_metrics(settings.metrics_port)
     port = await server.start()
     print(f"dialogue service ({settings.role}) listening on {settings.host}:{port}", flush=True)
     tasks = [asyncio.create_task(_watch_health(server, store))]
-    closers: list[Callable[[], Awaitable[None]]] = []
     if settings.runs_workers:
         nlu_channel = open_channel(settings.nlu_address)
         http = HttpClient(max_connections=200)
@@ -87,7 +91,7 @@ async def serve(settings: DialogueSettings, tenants: Tenants) -> None:
         }
         processor = Processor(
             store, tenants, domains, GrpcNlu(nlu_channel, settings.nlu_timeout_s), chatlog,
-            channels, ActionRunner(http),
+            channels, ActionRunner(http), ThreadControl(http, settings.graph_api_url),
         )  # fmt: skip
         tasks += [
             asyncio.create_task(Workers(store, processor, settings.workers).run()),

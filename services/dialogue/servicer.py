@@ -21,6 +21,7 @@ from mesh.page_tokens import PageTokens
 from mesh.tenants import Tenants
 from services.dialogue import metrics
 from services.dialogue.clients import Chatlog
+from services.dialogue.handover import ThreadControl
 from services.dialogue.keys import UserId
 from services.dialogue.processor import (
     RESULT_AGENT,
@@ -65,9 +66,15 @@ def _ms_timestamp(ms: int) -> Timestamp:
 
 class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
     def __init__(
-        self, store: DialogueStore, tenants: Tenants, chatlog: Chatlog, token_secret: bytes
+        self,
+        store: DialogueStore,
+        tenants: Tenants,
+        chatlog: Chatlog,
+        token_secret: bytes,
+        threads: ThreadControl | None = None,
     ) -> None:
         self._store = store
+        self._threads = threads  # Messenger's Handover Protocol calls
         self._tenants = tenants
         self._chatlog = chatlog
         self._tokens = PageTokens(token_secret, "dialogue-redis", Invalid)
@@ -247,6 +254,9 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             handoff_agent_id=raw.handoff.get("agent_id", ""),
             last_processed_event_id=raw.last.get("event_id", ""),
             dead_letter_count=raw.dead_letter_count,
+            thread_owner_app_id=raw.handoff.get("owner_app_id", ""),
+            thread_control_error=raw.handoff.get("thread_error", ""),
+            thread_control_requested_app_id=raw.handoff.get("requested_app_id", ""),
         )
         if raw.lease_holder:
             state.lease_expire_time.FromMilliseconds(int(time.time() * 1000) + raw.lease_ttl_ms)
@@ -273,6 +283,8 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             active = (await self._store.handoff(user)).get("active") == "1"
             if active != request.handed_off:
                 now = int(time.time() * 1000)
+                # Our own state first: the bot goes silent (or answers again)
+                # whatever the channel says about its thread.
                 await self._store.set_handoff(
                     user,
                     {
@@ -282,18 +294,38 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
                         "time": str(now),
                     },
                 )
-                await self._record_handoff(user, request, now)
+                thread = await self._thread_control(user, request, context)
+                if thread:
+                    await self._store.set_handoff(user, thread)
+                await self._record_handoff(user, request, now, thread.get("thread_error", ""))
             return pb.SetHandoffResponse(state=await self._state(user, request.user))
         except (Invalid, RedisError) as exc:
             await self._fail(context, exc)
 
-    async def _record_handoff(self, user: UserId, request: pb.SetHandoffRequest, now: int) -> None:
+    async def _thread_control(
+        self, user: UserId, request: pb.SetHandoffRequest, context: Context
+    ) -> dict[str, str]:
+        """Passes the Messenger thread to the hand-off app, or takes it back."""
+        tenant = self._tenants.get(user.tenant_id)
+        if self._threads is None or tenant is None:
+            return {}
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + min(10.0, remaining if remaining is not None else 10.0)
+        return await self._threads.for_console(
+            tenant, user, request.handed_off, request.reason, request.agent_id, deadline
+        )
+
+    async def _record_handoff(
+        self, user: UserId, request: pb.SetHandoffRequest, now: int, thread_error: str = ""
+    ) -> None:
         who = f" by {request.agent_id}" if request.agent_id else ""
         why = f": {request.reason}" if request.reason else ""
+        refused = f" (Messenger's thread control: {thread_error})" if thread_error else ""
         text = (
             ("handed off to a person" if request.handed_off else "given back to the bot")
             + who
             + why
+            + refused
         )
         record = chatlog_pb.ChatMessage(
             user=request.user,

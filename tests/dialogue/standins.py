@@ -7,7 +7,10 @@
   right ``appsecret_proof``, as Meta does once an app requires it; for the
   recipients whose last message time it is given, it enforces Messenger's
   24-hour window and the HUMAN_AGENT tag's 7 days with Meta's error (code 10,
-  subcode 2018278), and answers 551 for people who cannot be reached.
+  subcode 2018278), and answers 551 for people who cannot be reached; the
+  Handover Protocol's edges (pass, take and request thread control, the
+  thread's owner, the page's secondary receivers) keep each thread's owner,
+  record every call and answer Meta's refusals on command.
 - ``KeywordNlu``: a gRPC NluService answering by keyword, with a settable delay
   and an on/off switch: the small, fast model of the ordering tests.
 - ``RecordingChatlog``: a gRPC ChatlogService keeping appends by message id
@@ -77,6 +80,8 @@ class GraphApi:
     port: int = 0
     sent: list[SentMessage] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # Send API sender actions (mark_seen, typing_on, typing_off) in arrival order.
+    sender_actions: list[dict[str, Any]] = field(default_factory=list)
     delay_s: float = 0.0
     # Return (status, body) to fail a message, or None to accept it.
     rule: Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
@@ -98,6 +103,16 @@ class GraphApi:
     unavailable: set[str] = field(default_factory=set)
     window_refusals: list[dict[str, Any]] = field(default_factory=list)
     probe_status: int = 200
+    # Handover Protocol: this app's id, the page's other receivers, each
+    # recipient's thread owner (absent: idle), every call {edge, body or query},
+    # and a rule that may refuse one: (edge, body) -> (status, body) or None.
+    app_id: str = "1111"
+    secondary_receivers: dict[str, str] = field(
+        default_factory=lambda: {"263902037430900": "Page Inbox", "2222": "Support desk"}
+    )
+    thread_owners: dict[str, str] = field(default_factory=dict)
+    thread_calls: list[dict[str, Any]] = field(default_factory=list)
+    thread_rule: Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None] | None = None
     probes: int = 0  # GET /me: the breaker asking whether the API answers
     peers: set[int] = field(default_factory=set)  # client ports: one per connection
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -199,6 +214,22 @@ class GraphApi:
                     return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
                 return self._profile("DELETE", body)
 
+            def _thread(self, edge: str, body: dict[str, Any]) -> None:
+                if self._refuse(parse_qs(urlparse(self.path).query)):
+                    return None
+                with api.lock:
+                    api.thread_calls.append({"edge": edge, "body": body})
+                failure = api.thread_rule(edge, body) if api.thread_rule else None
+                if failure is not None:
+                    return self._reply(*failure)
+                with api.lock:
+                    answer = _thread_call(api, edge, body)
+                if "error" in answer:
+                    error = answer["error"]
+                    code, subcode = error["code"], error.get("error_subcode", 0)
+                    return self._error(400, code, error["message"], "OAuthException", subcode)
+                return self._reply(200, answer)
+
             def do_POST(self) -> None:
                 with api.lock:
                     api.peers.add(self.client_address[1])
@@ -206,11 +237,16 @@ class GraphApi:
                 path = urlparse(self.path).path
                 if path.endswith("/me/messenger_profile"):
                     return self._profile("POST", body)
+                edge = path.rsplit("/", 1)[-1]
+                if edge in _THREAD_EDGES and path.endswith(f"/me/{edge}"):
+                    return self._thread(edge, body)
                 if not path.endswith("/me/messages"):
                     return self._reply(404, {"error": {"message": "unknown path", "code": 100}})
                 if self._refuse(parse_qs(urlparse(self.path).query)):
                     return None
                 if "sender_action" in body:
+                    with api.lock:
+                        api.sender_actions.append(body)
                     return self._reply(200, {"recipient_id": body["recipient"]["id"]})
                 if api.delay_s:
                     time.sleep(api.delay_s)
@@ -252,6 +288,9 @@ class GraphApi:
                 url = urlparse(self.path)
                 if url.path.endswith("/me/messenger_profile"):
                     return self._profile("GET", {})
+                if url.path.endswith(("/me/thread_owner", "/me/secondary_receivers")):
+                    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                    return self._thread(url.path.rsplit("/", 1)[-1], query)
                 if url.path.endswith("/me"):
                     with api.lock:
                         api.probes += 1
@@ -300,6 +339,7 @@ class GraphApi:
         with self.lock:
             self.sent.clear()
             self.actions.clear()
+            self.sender_actions.clear()
         self.rule = None
         self.delay_s = 0.0
         self.answer_delay_s = 0.0
@@ -318,6 +358,9 @@ class GraphApi:
         self.unavailable.clear()
         self.window_refusals.clear()
         self.peers.clear()
+        self.thread_owners.clear()
+        self.thread_calls.clear()
+        self.thread_rule = None
 
 
 _TAGS = {"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"}
@@ -358,7 +401,56 @@ def _window_refusal(api: GraphApi, body: dict[str, Any]) -> tuple[int, str, str,
     return None
 
 
-_GRAPH_PATHS = ("/me", "/me/messages", "/me/messenger_profile")
+_THREAD_EDGES = ("pass_thread_control", "take_thread_control", "request_thread_control")
+_GRAPH_PATHS = (
+    "/me", "/me/messages", "/me/messenger_profile", "/me/thread_owner",
+    "/me/secondary_receivers", *(f"/me/{edge}" for edge in _THREAD_EDGES),
+)  # fmt: skip
+
+
+def _thread_call(api: GraphApi, edge: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The Handover Protocol on ``api.thread_owners``, with the refusals Meta documents."""
+
+    def error(code: int, message: str, subcode: int = 0) -> dict[str, Any]:
+        found: dict[str, Any] = {"message": f"(#{code}) {message}", "code": code}
+        if subcode:
+            found["error_subcode"] = subcode
+        return {"error": found}
+
+    if edge == "secondary_receivers":
+        receivers = [{"id": i, "name": n} for i, n in api.secondary_receivers.items()]
+        return {"data": receivers}
+    recipient = body.get("recipient")
+    if edge == "thread_owner":
+        recipient = {"id": recipient} if isinstance(recipient, str) else None
+    if not isinstance(recipient, dict) or not recipient.get("id"):
+        return error(100, "The parameter recipient is required")
+    psid = str(recipient["id"])
+    if edge == "thread_owner":
+        owner = api.thread_owners.get(psid)
+        return {"data": [{"thread_owner": {"app_id": owner}}] if owner else []}
+    if psid in api.unavailable:
+        return error(551, "This person isn't available right now.", 1545041)
+    last = api.last_user_message_ms.get(psid)
+    if last is not None and time.time() * 1000 - last > 24 * _HOUR_MS:
+        return error(10, "This message is sent outside of allowed window.", 2018278)
+    owner = api.thread_owners.get(psid, "")
+    if edge == "pass_thread_control":
+        target = str(body.get("target_app_id") or "")
+        if not target:
+            return error(100, "The parameter target_app_id is required")
+        if owner and owner != api.app_id:
+            return error(10, "The app is not the thread owner.", 2018300)
+        if target not in api.secondary_receivers and target != api.app_id:
+            return error(100, "The target app is not a secondary receiver of the page.")
+        api.thread_owners[psid] = target
+        return {"success": True}
+    if edge == "take_thread_control":
+        api.thread_owners[psid] = api.app_id
+        return {"success": True}
+    return {"success": True}  # request_thread_control: the owner is told; nothing changes
+
+
 _PROFILE_FIELDS = (
     "get_started", "greeting", "persistent_menu", "ice_breakers", "whitelisted_domains",
     "account_linking_url", "commands",
@@ -498,6 +590,7 @@ class _RecordingChatlogServicer(chatlog_service_pb2_grpc.ChatlogServiceServicer)
             context.abort(grpc.StatusCode.UNAVAILABLE, "recording chatlog is down")
         results = []
         with owner.lock:
+            owner.receipts.extend(request.receipts)
             for message in request.messages:
                 owner.attempts.append(message)
                 user = (message.user.tenant_id, message.user.channel, message.user.user_id)
@@ -527,6 +620,7 @@ class RecordingChatlog:
         self.up = True
         self.messages: dict[tuple[str, str], chatlog_pb.ChatMessage] = {}
         self.attempts: list[chatlog_pb.ChatMessage] = []
+        self.receipts: list[chatlog_pb.Receipt] = []
         self.rejected: list[chatlog_pb.ChatMessage] = []
         self.highest: dict[tuple[str, int, str], int] = {}
         self.lock = threading.Lock()
