@@ -45,7 +45,7 @@ from services.gateway.errors import (
 )
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ratelimit import RateLimiter, RateLimiterUnavailable, tenant_key, user_key
-from services.gateway.responses import error_response
+from services.gateway.responses import error_json, error_response
 from services.gateway.settings import GatewaySettings
 
 ROUTE = "/api/v1/messages"
@@ -192,7 +192,7 @@ class MessagesApi:
             raw = await read_body(request, min(self._settings.max_body_bytes, _BODY_LIMIT))
             message = parse_input(parse_json(raw))
         except RequestError as exc:
-            return self._reject(exc.status, exc.error, str(exc))
+            return self._reject(exc.status, exc.code, str(exc))
         limited = await self._rate_limit(tenant_id, message.user_id)
         if limited is not None:
             return limited
@@ -237,18 +237,16 @@ class MessagesApi:
     def _dialogue_error(self, exc: DialogueError, event_id: str) -> Response:
         retry = {"Retry-After": str(self._settings.retry_after_seconds)}
         if isinstance(exc, DialogueTimeout):
-            status, error = 504, "timeout"
             message = "no answer in time; the message stays queued: retry with the same message_id"
         elif isinstance(exc, DialogueUnavailable):
-            status, error, message = 503, "unavailable", "the dialogue service is unavailable"
+            message = "the dialogue service is unavailable"
         elif isinstance(exc, DialogueRejected):
-            status, error, message, retry = 422, "rejected", str(exc), {}
+            message, retry = "", {}  # the service's reason is about the client's input
         else:
-            status, error, message = 502, "dialogue_error", "the dialogue service failed"
-        self._metrics.rejections.labels(ROUTE, f"dialogue_{error}").inc()
+            message = "the dialogue service failed"
+        self._metrics.rejections.labels(ROUTE, f"dialogue_{exc.code}").inc()
         _log.warning("dialogue call failed", extra={"error": str(exc), "event_id": event_id})
-        response = error_response(status, error, message, headers=retry or None)
-        return response
+        return error_json(exc, message, headers=retry or None)
 
     async def _submit(self, event: ev.ChatEvent) -> Response:
         started = time.perf_counter()

@@ -206,8 +206,9 @@ def _per_event(exc: DialogueRejected) -> bool:
     with the gateway's: dropping its events would lose them, so it fails the
     batch and Messenger retries until the two agree.
     """
-    return exc.code == grpc.StatusCode.INVALID_ARGUMENT.name and "not a known tenant" not in str(
-        exc
+    return (
+        exc.rpc_code == grpc.StatusCode.INVALID_ARGUMENT.name
+        and "not a known tenant" not in str(exc)
     )
 
 

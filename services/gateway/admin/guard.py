@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mesh import get_logger
 from services.gateway.admin.auth import Identity
 from services.gateway.admin.errors import AdminError, BackendUnavailable, NotAuthenticated
+from services.gateway.responses import error_json
 
 IDENTITY_KEY = "chatbot.admin.identity"
 PUBLIC_PAGES = ("/login", "/static/")
@@ -39,12 +40,8 @@ def identity(conn: HTTPConnection) -> Identity:
 
 
 def json_error(error: AdminError) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Cookie realm="chatbot-admin"'}
-    return JSONResponse(
-        {"error": error.code, "message": str(error) or error.code},
-        status_code=error.status,
-        headers=headers if isinstance(error, NotAuthenticated) else None,
-    )
+    challenge = {"WWW-Authenticate": 'Cookie realm="chatbot-admin"'}
+    return error_json(error, headers=challenge if isinstance(error, NotAuthenticated) else None)
 
 
 def relative_path(scope: Scope) -> str:

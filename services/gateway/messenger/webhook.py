@@ -37,6 +37,7 @@ from services.gateway.dialogue import BatchOutcome, DialogueClient, submit_batch
 from services.gateway.errors import (
     DialogueError,
     DialogueUnavailable,
+    GatewayError,
     MalformedBody,
     RequestError,
 )
@@ -44,7 +45,7 @@ from services.gateway.messenger import signature as sig
 from services.gateway.messenger.events import kind_label, parse_batch
 from services.gateway.messenger.pages import PageDirectory
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.responses import error_response
+from services.gateway.responses import error_json, error_response
 from services.gateway.settings import GatewaySettings
 
 ROUTE = "/webhooks/messenger"
@@ -53,7 +54,7 @@ _MAX_CHALLENGE = 2048
 _log = get_logger("gateway.messenger")
 
 
-class _Forbidden(Exception):
+class _Forbidden(GatewayError, status=403, code="forbidden"):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -112,10 +113,10 @@ class MessengerWebhook:
         )
         return response
 
-    def _forbidden(self, reason: str, message: str) -> Response:
-        self._metrics.signature_failures.labels(reason).inc()
-        _log.warning("webhook signature refused", extra={"reason": reason})
-        return error_response(403, "forbidden", message)
+    def _forbidden(self, error: _Forbidden) -> Response:
+        self._metrics.signature_failures.labels(error.reason).inc()
+        _log.warning("webhook signature refused", extra={"reason": error.reason})
+        return error_json(error)
 
     def _reject(self, status: int, reason: str, message: str) -> Response:
         self._metrics.rejections.labels(ROUTE, reason).inc()
@@ -124,19 +125,19 @@ class MessengerWebhook:
 
     async def _receive(self, request: Request) -> Response:
         if not self._pages.secrets:
-            return self._forbidden("no_secret", "no app secret is configured")
+            return self._forbidden(_Forbidden("no_secret", "no app secret is configured"))
         header = request.headers.get(sig.HEADER)
         signature = sig.parse_signature(header)
         if signature is None:
             reason = "missing" if header is None else "malformed"
-            return self._forbidden(reason, f"X-Hub-Signature-256 is {reason}")
+            return self._forbidden(_Forbidden(reason, f"X-Hub-Signature-256 is {reason}"))
         try:
             raw = await read_body(request, self._settings.max_body_bytes)
             doc, secret = self._verified_document(raw, signature)
         except _Forbidden as exc:
-            return self._forbidden(exc.reason, str(exc))
+            return self._forbidden(exc)
         except RequestError as exc:
-            return self._reject(exc.status, exc.error, str(exc))
+            return self._reject(exc.status, exc.code, str(exc))
         if not isinstance(doc, dict):
             return self._reject(400, "not_an_object", "the body must be a JSON object")
         kind = doc.get("object")
@@ -238,9 +239,11 @@ class MessengerWebhook:
                 "events not accepted: Messenger will retry",
                 extra={"events": len(batch.events), "error": str(exc)},
             )
+            # Any failure, a refusal or a timeout included, asks Messenger to retry.
+            answer = DialogueUnavailable if unavailable else DialogueError
             return error_response(
-                503 if unavailable else 502,
-                "unavailable" if unavailable else "dialogue_error",
+                answer.status,
+                answer.code,
                 "the events could not be queued; retry",
                 headers={"Retry-After": str(self._settings.retry_after_seconds)},
             )
