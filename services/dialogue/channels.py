@@ -37,6 +37,7 @@ from services.dialogue.http import HttpClient, HttpError, HttpResponse, MaybeSen
 _log = get_logger("dialogue.channels")
 
 TEXT_LIMIT = 2000
+BUTTON_TEXT_LIMIT = 640  # the text of a button template
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v21.0"
 # Meta's temporary errors: rate limits (613, 4), temporary (2), send failure (1200).
 _RETRY_CODES = {2, 4, 613, 1200}
@@ -101,8 +102,11 @@ class OutboundChannel(Protocol):
         (``time.monotonic()``): no attempt starts that could end after it.
         ``tag``: the message tag a person's answer outside the standard window needs."""
 
-    async def typing(self, tenant: Tenant, user_id: str) -> None:
-        """Shows that the bot is working on an answer (best effort)."""
+    async def typing(self, tenant: Tenant, user_id: str, on: bool = True) -> None:
+        """Shows that the bot is working on an answer, or stops showing it (best effort)."""
+
+    async def mark_seen(self, tenant: Tenant, user_id: str) -> None:
+        """Shows the user that their message was seen (best effort)."""
 
 
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
@@ -118,6 +122,44 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     if rest or not parts:
         parts.append(rest)
     return parts
+
+
+def _template(attachment: event_pb2.Attachment) -> dict[str, object] | None:
+    """A template attachment's payload, or None when it is not one Messenger would take."""
+    if attachment.type != event_pb2.ATTACHMENT_TYPE_TEMPLATE:
+        return None
+    try:
+        payload = json.loads(attachment.payload_json or "null")
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and payload.get("template_type") else None
+
+
+def _messages(reply: event_pb2.Reply) -> list[dict[str, object]]:
+    """The Send API messages of one reply, in the order the user sees them: the
+    text (split at word boundaries; with buttons, its last part carries them as
+    a button template), then media, then other templates (a carousel)."""
+    templates = [t for t in map(_template, reply.attachments) if t is not None]
+    buttons = next((t for t in templates if t["template_type"] == "button"), None)
+    parts = split_text(reply.text) if reply.text else []
+    messages: list[dict[str, object]] = []
+    if buttons is not None and parts:
+        last = split_text(parts.pop(), BUTTON_TEXT_LIMIT)
+        parts += last[:-1]
+        messages += [{"text": part} for part in parts]
+        template = {**buttons, "text": last[-1]}
+        messages.append({"attachment": {"type": "template", "payload": template}})
+    else:
+        messages += [{"text": part} for part in parts]
+    for attachment in reply.attachments:
+        kind = _ATTACHMENT_TYPES.get(attachment.type)
+        if kind and attachment.url:
+            payload = {"url": attachment.url, "is_reusable": True}
+            messages.append({"attachment": {"type": kind, "payload": payload}})
+    for template in templates:
+        if template["template_type"] != "button":
+            messages.append({"attachment": {"type": "template", "payload": template}})
+    return messages
 
 
 def _auth(tenant: Tenant) -> dict[str, str]:
@@ -186,20 +228,7 @@ class MessengerChannel:
         self, user_id: str, reply: event_pb2.Reply, in_reply_to: str, tag: str = ""
     ) -> list[dict[str, object]]:
         metadata = json.dumps({"in_reply_to": in_reply_to}) if in_reply_to else ""
-        messages: list[dict[str, object]] = []
-        if reply.text:
-            messages += [{"text": part} for part in split_text(reply.text)]
-        for attachment in reply.attachments:
-            kind = _ATTACHMENT_TYPES.get(attachment.type)
-            if kind and attachment.url:
-                messages.append(
-                    {
-                        "attachment": {
-                            "type": kind,
-                            "payload": {"url": attachment.url, "is_reusable": True},
-                        }
-                    }
-                )
+        messages = _messages(reply)
         if reply.quick_replies and messages:
             messages[-1]["quick_replies"] = [
                 {"content_type": "text", "title": q.title[:20], "payload": q.payload[:1000]}
@@ -246,17 +275,23 @@ class MessengerChannel:
             timeout=timeout,
         )
 
-    async def typing(self, tenant: Tenant, user_id: str) -> None:
+    async def typing(self, tenant: Tenant, user_id: str, on: bool = True) -> None:
+        await self._sender_action(tenant, user_id, "typing_on" if on else "typing_off")
+
+    async def mark_seen(self, tenant: Tenant, user_id: str) -> None:
+        await self._sender_action(tenant, user_id, "mark_seen")
+
+    async def _sender_action(self, tenant: Tenant, user_id: str, action: str) -> None:
         if not tenant.page_access_token:
             return
         if self.breaker.state() is not BreakerState.CLOSED:
             return  # never worth a request into a failing API
-        body = {"recipient": {"id": user_id}, "sender_action": "typing_on"}
+        body = {"recipient": {"id": user_id}, "sender_action": action}
         call = self.breaker.started()
         try:
             response = await self._post_messages(tenant, body, self._timeout_s)
         except HttpError:
-            # A typing indicator is never worth failing a message for.
+            # A sender action is never worth failing a message for.
             self.breaker.failed(call, lost=False)
             return
         except BaseException:

@@ -154,6 +154,9 @@ def _fail(
 class Chatlog(Protocol):
     async def append(self, messages: list[chatlog_pb.ChatMessage]) -> None: ...
 
+    async def defer(self, receipts: list[chatlog_pb.Receipt]) -> None:
+        """Hands receipts to the outbox's writer: durable on return, written later."""
+
 
 # Messages per merged replay call (the chatlog takes up to 500).
 REPLAY_BATCH = 200
@@ -187,6 +190,7 @@ class ChatlogOutbox:
         self._timeout_s = timeout_s
         self._shards = all_shards(max(1, shards))
         self.streams = [shard.outbox for shard in self._shards]
+        self._dropped = {shard.outbox: shard.outbox_dropped for shard in self._shards}
         self._cap = max(1, max_entries // len(self._shards))
         # One read waits on every stream of a single Redis; under Redis Cluster
         # (streams on different slots) each stream has its own reader.
@@ -223,6 +227,28 @@ class ChatlogOutbox:
             _log.error("chatlog outbox full: records dropped", extra={"records": len(messages)})
             return
         await self._redis.xadd(shard.outbox, {"r": request.SerializeToString()})
+
+    async def defer(self, receipts: list[chatlog_pb.Receipt]) -> None:
+        by_shard: dict[str, list[chatlog_pb.Receipt]] = {}
+        for receipt in receipts:
+            user = UserId(receipt.user.tenant_id, int(receipt.user.channel), receipt.user.user_id)
+            shard = self._shards[shard_of(user.member(), len(self._shards))]
+            by_shard.setdefault(shard.outbox, []).append(receipt)
+        if not by_shard:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for stream in by_shard:
+            pipe.xlen(stream)
+        lengths = await pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for (stream, batch), length in zip(by_shard.items(), lengths, strict=True):
+            if int(length) >= self._cap:
+                # Full (a long chatlog outage): receipts are the first thing to give up.
+                pipe.incr(self._dropped[stream])
+                continue
+            request = chatlog_pb.AppendMessagesRequest(receipts=batch)
+            pipe.xadd(stream, {"r": request.SerializeToString()})
+        await pipe.execute()
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -300,17 +326,19 @@ class ChatlogOutbox:
             while end < len(entries):
                 raw = entries[end][2].get(b"r")
                 request = chatlog_pb.AppendMessagesRequest.FromString(raw) if raw else None
-                count = len(request.messages) if request else 0
-                if end > start and len(merged.messages) + count > REPLAY_BATCH:
+                count = len(request.messages) + len(request.receipts) if request else 0
+                merged_count = len(merged.messages) + len(merged.receipts)
+                if end > start and merged_count + count > REPLAY_BATCH:
                     break
                 if request:
                     merged.messages.extend(request.messages)
+                    merged.receipts.extend(request.receipts)
                 end += 1
             chunk = entries[start:end]
             # A merged write shows in the trace of its first message.
             first = chunk[0][2].get(b"t", b"").decode()
             try:
-                if merged.messages:
+                if merged.messages or merged.receipts:
                     with tracing.span(
                         "chatlog.outbox.write",
                         parent={"traceparent": first} if first else None,

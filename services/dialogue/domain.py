@@ -4,6 +4,16 @@
       greet:
         - text: "Hi {first_name}!"          # {name}: a slot or entity value
           quick_replies: [{title: Orders, payload: /order_status}]
+      menu:
+        - text: "What would you like?"      # with buttons: a button template
+          buttons: [{title: Track, payload: /order_status}, {title: Shop, url: "https://..."}]
+      products:
+        - text: "Our bestsellers"           # sent before the carousel
+          cards:                            # a generic template, up to 10 cards
+            - {title: Shoes, subtitle: "...", image: "https://...", url: "https://...",
+               buttons: [{title: Buy, payload: BUY_SHOES}]}
+      manual:
+        - file: "https://.../manual.pdf"    # also image, audio, video
       order_status:
         action: order_status                # an action answers instead
     actions:
@@ -15,6 +25,7 @@
     payloads: {GET_STARTED: greet}          # postback payloads to intents
     slots: [order_id, city]                 # entities remembered per user
     handoff_intent: human_handoff
+    mark_seen: true                         # "seen" shown as a message's turn starts
     messenger_profile: {get_started: GET_STARTED, greeting: {default: "Hi!"}}  # optional
 
 The page's Messenger profile (Get Started, greeting, menu, ice breakers) is
@@ -53,15 +64,53 @@ class QuickReplySpec:
     image_url: str = ""
 
 
+# Messenger's limits on what a message may carry.
+MEDIA_KINDS = ("image", "audio", "video", "file")
+MAX_BUTTONS = 3
+MAX_CARDS = 10
+BUTTON_TITLE_CHARS = 20
+CARD_TEXT_CHARS = 80
+
+
+@dataclass(frozen=True)
+class ButtonSpec:
+    """A button: a postback (``payload``) or a link (``url``)."""
+
+    title: str
+    payload: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """One element of a generic template (a carousel of up to ten cards)."""
+
+    title: str
+    subtitle: str = ""
+    image: str = ""
+    url: str = ""  # opened when the card itself is tapped
+    buttons: tuple[ButtonSpec, ...] = ()
+
+
 @dataclass(frozen=True)
 class ResponseSpec:
     text: str = ""
     image: str = ""
     quick_replies: tuple[QuickReplySpec, ...] = ()
+    media: tuple[tuple[str, str], ...] = ()  # (kind, url) other than ``image``
+    buttons: tuple[ButtonSpec, ...] = ()
+    cards: tuple[CardSpec, ...] = ()
+
+    def templates(self) -> list[str]:
+        """Every string of the response that may name slots or entities."""
+        found = [self.text, self.image, *(url for _, url in self.media)]
+        for card in self.cards:
+            found += [card.title, card.subtitle, card.image, card.url]
+        return found
 
     def fields(self) -> set[str]:
         names = set()
-        for source in (self.text, self.image):
+        for source in self.templates():
             for _, name, _, _ in string.Formatter().parse(source):
                 if name:
                     names.add(name)
@@ -88,6 +137,7 @@ class Domain:
     handoff_intent: str = "human_handoff"
     fallback_intent: str = "nlu_fallback"
     messenger_profile: MessengerProfile | None = None  # None: the file has no such section
+    mark_seen: bool = True  # show the user their message was seen as its turn starts
 
     def choose(
         self,
@@ -119,13 +169,64 @@ def _expand(value: str) -> str:
     return _ENV.sub(lookup, value)
 
 
+def _buttons(raw: Any, where: str) -> tuple[ButtonSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_BUTTONS:
+        raise ConfigError(f"{where}: a list of at most {MAX_BUTTONS} buttons")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not item.get("title"):
+            raise ConfigError(f"{where}[{i}]: a button needs a 'title'")
+        title, payload, url = (
+            str(item["title"]),
+            str(item.get("payload", "")),
+            str(item.get("url", "")),
+        )
+        if len(title) > BUTTON_TITLE_CHARS:
+            raise ConfigError(
+                f"{where}[{i}]: title {title!r} is over {BUTTON_TITLE_CHARS} characters"
+            )
+        if bool(payload) == bool(url):
+            raise ConfigError(f"{where}[{i}]: a button has either a 'payload' or a 'url'")
+        if url and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}[{i}]: url {url!r} is not a web address")
+        out.append(ButtonSpec(title, payload, url))
+    return tuple(out)
+
+
+def _cards(raw: Any, where: str) -> tuple[CardSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CARDS:
+        raise ConfigError(f"{where}: a list of 1 to {MAX_CARDS} cards")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not item.get("title"):
+            raise ConfigError(f"{where}[{i}]: a card needs a 'title'")
+        card = CardSpec(
+            title=str(item["title"]),
+            subtitle=str(item.get("subtitle", "")),
+            image=str(item.get("image", "")),
+            url=str(item.get("url", "")),
+            buttons=_buttons(item.get("buttons"), f"{where}[{i}].buttons"),
+        )
+        for name in ("title", "subtitle"):
+            if len(getattr(card, name)) > CARD_TEXT_CHARS:
+                raise ConfigError(f"{where}[{i}]: {name} is over {CARD_TEXT_CHARS} characters")
+        out.append(card)
+    return tuple(out)
+
+
 def _responses(raw: Any, where: str) -> tuple[ResponseSpec, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: a response is a list of variants")
     out = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not (item.get("text") or item.get("image")):
-            raise ConfigError(f"{where}[{i}]: needs 'text' or 'image'")
+        here = f"{where}[{i}]"
+        content = ("text", *MEDIA_KINDS, "cards")
+        if not isinstance(item, dict) or not any(item.get(key) for key in content):
+            raise ConfigError(f"{here}: needs 'text', 'cards' or one of {', '.join(MEDIA_KINDS)}")
         quick = tuple(
             QuickReplySpec(
                 str(q["title"]), str(q.get("payload", q["title"])), str(q.get("image_url", ""))
@@ -133,13 +234,24 @@ def _responses(raw: Any, where: str) -> tuple[ResponseSpec, ...]:
             for q in item.get("quick_replies") or []
         )
         if len(quick) > 13:
-            raise ConfigError(f"{where}[{i}]: Messenger allows at most 13 quick replies")
+            raise ConfigError(f"{here}: Messenger allows at most 13 quick replies")
         for q in quick:
             if len(q.title) > 20:
-                raise ConfigError(
-                    f"{where}[{i}]: quick reply title {q.title!r} is over 20 characters"
-                )
-        out.append(ResponseSpec(str(item.get("text", "")), str(item.get("image", "")), quick))
+                raise ConfigError(f"{here}: quick reply title {q.title!r} is over 20 characters")
+        buttons = _buttons(item.get("buttons"), f"{here}.buttons")
+        if buttons and not item.get("text"):
+            raise ConfigError(f"{here}: buttons go with a 'text' (Messenger's button template)")
+        out.append(
+            ResponseSpec(
+                text=str(item.get("text", "")),
+                image=str(item.get("image", "")),
+                quick_replies=quick,
+                # In the file's order, which is the order they are sent in.
+                media=tuple((k, str(v)) for k, v in item.items() if k in MEDIA_KINDS[1:] and v),
+                buttons=buttons,
+                cards=_cards(item.get("cards"), f"{here}.cards"),
+            )
+        )
     return tuple(out)
 
 
@@ -186,6 +298,7 @@ def load_domain(path: Path) -> Domain:
         slots=frozenset(str(s) for s in raw.get("slots") or []),
         handoff_intent=str(raw.get("handoff_intent", "human_handoff")),
         messenger_profile=profile,
+        mark_seen=bool(raw.get("mark_seen", True)),
     )
 
 

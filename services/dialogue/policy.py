@@ -24,7 +24,7 @@ from chatbot.common.v1 import event_pb2, nlu_result_pb2
 
 from services.dialogue.actions import ActionOutcome
 from services.dialogue.clients import Understanding
-from services.dialogue.domain import ActionSpec, Domain, ResponseSpec
+from services.dialogue.domain import ActionSpec, ButtonSpec, CardSpec, Domain, ResponseSpec
 
 # Special responses of a domain (see ``services.dialogue.domain``).
 FALLBACK = "fallback"
@@ -223,15 +223,55 @@ def render(
     return [reply(spec, values) for spec in domain.choose(name, values, seed)]
 
 
+_MEDIA = {
+    "image": event_pb2.ATTACHMENT_TYPE_IMAGE,
+    "audio": event_pb2.ATTACHMENT_TYPE_AUDIO,
+    "video": event_pb2.ATTACHMENT_TYPE_VIDEO,
+    "file": event_pb2.ATTACHMENT_TYPE_FILE,
+}
+
+
+def _button(spec: ButtonSpec) -> dict[str, str]:
+    if spec.url:
+        return {"type": "web_url", "title": spec.title, "url": spec.url}
+    return {"type": "postback", "title": spec.title, "payload": spec.payload}
+
+
+def _card(spec: CardSpec, known: Mapping[str, str]) -> dict[str, object]:
+    card: dict[str, object] = {"title": spec.title.format_map(known)}
+    if spec.subtitle:
+        card["subtitle"] = spec.subtitle.format_map(known)
+    if spec.image:
+        card["image_url"] = spec.image.format_map(known)
+    if spec.url:
+        card["default_action"] = {"type": "web_url", "url": spec.url.format_map(known)}
+    if spec.buttons:
+        card["buttons"] = [_button(b) for b in spec.buttons]
+    return card
+
+
+def _template(payload: Mapping[str, object]) -> event_pb2.Attachment:
+    """A Messenger template, kept as its payload (the channel adds a button template's text)."""
+    return event_pb2.Attachment(
+        type=event_pb2.ATTACHMENT_TYPE_TEMPLATE,
+        payload_json=json.dumps(payload, separators=(",", ":"), sort_keys=True),
+    )
+
+
 def reply(spec: ResponseSpec, values: Mapping[str, str]) -> event_pb2.Reply:
     known = dict(values)
     out = event_pb2.Reply(text=spec.text.format_map(known) if spec.text else "")
-    if spec.image:
-        out.attachments.append(
-            event_pb2.Attachment(
-                type=event_pb2.ATTACHMENT_TYPE_IMAGE, url=spec.image.format_map(known)
+    if spec.buttons:
+        buttons = [_button(b) for b in spec.buttons]
+        out.attachments.append(_template({"template_type": "button", "buttons": buttons}))
+    for kind, url in (("image", spec.image), *spec.media):
+        if url:
+            out.attachments.append(
+                event_pb2.Attachment(type=_MEDIA[kind], url=url.format_map(known))
             )
-        )
+    if spec.cards:
+        elements = [_card(card, known) for card in spec.cards]
+        out.attachments.append(_template({"template_type": "generic", "elements": elements}))
     for quick in spec.quick_replies:
         out.quick_replies.append(
             event_pb2.QuickReply(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
@@ -22,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh import get_logger, tracing
 from mesh.tenants import Tenant, Tenants
+from mesh.timestamps import timestamp_ms
 from services.dialogue import metrics, policy
 from services.dialogue.actions import ActionRunner
 from services.dialogue.channels import HUMAN_AGENT, OutboundChannel, SendError, SendHeld
@@ -37,7 +39,6 @@ from services.dialogue.records import (
     duration_ms,
     received_ms,
     storable_ms,
-    timestamp_ms,
     turn_records,
 )
 from services.dialogue.records import user_ref as _user_ref
@@ -113,6 +114,8 @@ class Processor:
         handed_off = head.handoff.get("active") == "1"
         outcome = policy.SILENT
         if policy.answerable(event) and not handed_off:
+            if domain.mark_seen:
+                self._mark_seen(lease.user, tenant)
             outcome = await self._answer(lease.user, tenant, domain, event, head.slots)
         turn = Turn(
             user=lease.user,
@@ -122,8 +125,7 @@ class Processor:
             started_ms=started_ms,
             respond_ms=_now_ms(),
         )
-        records = turn_records(turn, event, outcome)
-        outbox = await self._deliver(lease, tenant, head, outcome, event.event_id, records)
+        turn, outbox = await self._deliver(lease, tenant, head, event, outcome, turn)
         handoff = outcome.handoff.fields() if outcome.handoff else {}
         handoff |= _user_message_time(event, head)
         return await self._store.complete(
@@ -141,39 +143,46 @@ class Processor:
         lease: Lease,
         tenant: Tenant,
         head: Head,
+        event: event_pb2.ChatEvent,
         outcome: Outcome,
-        in_reply_to: str,
-        records: list[chatlog_pb.ChatMessage],
-    ) -> bytes:
-        """Sends the replies and has the records written; returns what goes to the outbox.
+        turn: Turn,
+    ) -> tuple[Turn, bytes]:
+        """Sends the replies, then has the turn's records written; returns the turn
+        with its send times, and what goes to the outbox.
 
-        The replies never wait for storage. On a single Redis the records
-        leave with the completion, into the outbox its writer drains in
-        batches; under Redis Cluster (the outbox is on another node) they are
-        written while the replies go out, and the item completes after both."""
-        replies = list(outcome.replies)
+        The replies never wait for storage: the records are made once they are
+        sent, so they carry when each was sent."""
+        sent: dict[int, int] = {}
+        try:
+            await self._send(lease, tenant, head, list(outcome.replies), event.event_id, sent)
+        except Exception:
+            # The item will be tried again, or dead-lettered: the message
+            # is in the chatlog either way (appends are idempotent).
+            with contextlib.suppress(Exception):
+                await self._record(turn_records(replace(turn, sent_ms=sent), event, outcome))
+            raise
+        turn = replace(turn, sent_ms=sent)
+        return turn, await self._keep(lease, turn_records(turn, event, outcome))
+
+    async def _keep(self, lease: Lease, records: list[chatlog_pb.ChatMessage]) -> bytes:
+        """Has records written: on a single Redis they leave with the completion,
+        into the outbox its writer drains in batches (the bytes returned); under
+        Redis Cluster (the outbox is on another node) they are written now."""
+        if not records:
+            return b""
         if self._store.single_node:
-            try:
-                await self._send(lease, tenant, head, replies, in_reply_to)
-            except Exception:
-                # The item will be tried again, or dead-lettered: the message
-                # is in the chatlog either way (appends are idempotent).
-                with contextlib.suppress(Exception):
-                    await self._record(records)
-                raise
-            if not records:
-                return b""
             return chatlog_pb.AppendMessagesRequest(messages=records).SerializeToString()
         await self._store.ensure(lease)
-        stored, sent = await asyncio.gather(
-            self._record(records),
-            self._send(lease, tenant, head, replies, in_reply_to),
-            return_exceptions=True,
-        )
-        for failure in (sent, stored):
-            if isinstance(failure, BaseException):
-                raise failure
+        await self._record(records)
         return b""
+
+    def _mark_seen(self, user: UserId, tenant: Tenant) -> None:
+        """Marks the message seen, beside the turn: the reply never waits for it."""
+        channel = self._channels.get(user.channel)
+        if channel is not None:
+            step = asyncio.ensure_future(channel.mark_seen(tenant, user.user_id))
+            _DELIVERIES.add(step)
+            step.add_done_callback(_forget_delivery)
 
     async def _record(self, records: list[chatlog_pb.ChatMessage]) -> None:
         if records:
@@ -201,7 +210,11 @@ class Processor:
             metrics.STAGE_SECONDS.labels("action").time(),
         ):
             result = await self._actions.run(decision.action, decision.values)
-        return policy.after_action(domain, event, decision, result)
+        outcome = policy.after_action(domain, event, decision, result)
+        if channel is not None and not outcome.replies:
+            # A reply ends the indicator by itself; nothing to say must end it too.
+            await channel.typing(tenant, user.user_id, on=False)
+        return outcome
 
     async def _understand(self, tenant: Tenant, reading: policy.Reading) -> policy.Understood:
         if not isinstance(reading, policy.Parse):
@@ -222,7 +235,9 @@ class Processor:
         head: Head,
         replies: list[event_pb2.Reply],
         in_reply_to: str,
+        sent: dict[int, int],
     ) -> None:
+        """Sends the replies not sent yet, in order; ``sent`` gets when each was accepted."""
         channel = self._channels.get(lease.user.channel)
         if channel is None:
             return  # e.g. the JSON channel: replies travel in the Converse response
@@ -246,6 +261,7 @@ class Processor:
                             tenant, lease.user.user_id, reply, in_reply_to,
                             deadline=lease.state.valid_until,
                         )  # fmt: skip
+                    sent[index] = _now_ms()
                     metrics.SEND_RESULTS.labels("ok").inc()
                 except SendHeld:
                     # The Send API is failing for everyone, or the lease ran short:
@@ -320,8 +336,6 @@ class Processor:
             attachments=request.attachments,
         )
         record = agent_record(lease.user, lease.token, reply, request.agent_id, _now_ms())
-        await self._store.ensure(lease)
-        await self._chatlog.append([record])
         if channel is not None and head.replies_sent == 0:
             while True:
                 # As for replies: an attempt that ends before the lease's local
@@ -337,14 +351,25 @@ class Processor:
                 except SendError as exc:
                     if not exc.permanent:
                         raise
+                    # Refused: kept in the transcript, without a send time.
                     return await self._store.complete(
-                        lease, head, RESULT_REFUSED + _refusal(exc).encode()
+                        lease,
+                        head,
+                        RESULT_REFUSED + _refusal(exc).encode(),
+                        records=await self._keep(lease, [record]),
                     )
                 break
+        sent_ms = _now_ms()
+        record.sent_time.CopyFrom(timestamp_ms(sent_ms))
         response = pb.SendAgentMessageResponse(
-            reply=reply, sent_time=timestamp_ms(_now_ms()), fencing_token=lease.token
+            reply=reply, sent_time=timestamp_ms(sent_ms), fencing_token=lease.token
         )
-        return await self._store.complete(lease, head, RESULT_AGENT + response.SerializeToString())
+        return await self._store.complete(
+            lease,
+            head,
+            RESULT_AGENT + response.SerializeToString(),
+            records=await self._keep(lease, [record]),
+        )
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self._tenants.get(tenant_id)
@@ -424,7 +449,7 @@ def _converse_response(
         replies=outcome.replies,
         fencing_token=turn.fencing_token,
         handed_off=turn.handed_off,
-        processing_duration=duration_ms(turn.respond_ms - turn.received_ms),
+        processing_duration=duration_ms(turn.answered_ms - turn.received_ms),
     )
     understanding = outcome.understanding
     if understanding is not None:

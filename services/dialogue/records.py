@@ -8,6 +8,8 @@ token, so the chatlog refuses a worker whose lease has passed on.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
@@ -15,6 +17,7 @@ from chatbot.common.v1 import event_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mesh.timestamps import timestamp_ms
 from services.dialogue.handover import describe as describe_handover
 from services.dialogue.keys import UserId
 from services.dialogue.policy import Outcome
@@ -29,6 +32,10 @@ ATTACHMENT_MESSAGE_TYPES = {
     event_pb2.ATTACHMENT_TYPE_STICKER: chatlog_pb.MESSAGE_TYPE_STICKER,
     event_pb2.ATTACHMENT_TYPE_LOCATION: chatlog_pb.MESSAGE_TYPE_LOCATION,
 }
+
+# A web address in a message's words; trailing punctuation belongs to the sentence.
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
+_URL_TAIL = ".,;:!?)]}'\""
 
 # The chatlog keeps times from 1970 to 2200; an event's own times outside that
 # range (a client's mistake) give way to the time it was received or queued,
@@ -46,6 +53,14 @@ class Turn:
     received_ms: int  # when the event reached us (or was queued)
     started_ms: int  # when its processing began
     respond_ms: int  # when its replies were decided
+    # When the channel accepted each reply, by its place among the turn's
+    # replies; a reply sent before a restart, or not sent at all, has none.
+    sent_ms: Mapping[int, int] | None = None
+
+    @property
+    def answered_ms(self) -> int:
+        """When the user had the answer: the last reply's send, else the decision."""
+        return max(self.sent_ms.values()) if self.sent_ms else self.respond_ms
 
 
 def user_ref(user: UserId) -> event_pb2.UserRef:
@@ -56,12 +71,6 @@ def user_ref(user: UserId) -> event_pb2.UserRef:
 
 def conversation_id(user: UserId) -> str:
     return f"{user.channel}:{user.user_id}"
-
-
-def timestamp_ms(ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
 
 
 def duration_ms(ms: int) -> Duration:
@@ -93,9 +102,63 @@ def turn_records(
 ) -> list[chatlog_pb.ChatMessage]:
     """The inbound record (if any) and one record per reply, in that order."""
     records = inbound_records(turn, event, outcome)
-    for reply in outcome.replies:
-        records.append(outbound_record(turn, reply, in_reply_to=event.event_id))
+    sent = turn.sent_ms or {}
+    for index, reply in enumerate(outcome.replies):
+        record = outbound_record(turn, reply, in_reply_to=event.event_id)
+        if index in sent:
+            record.sent_time.CopyFrom(timestamp_ms(sent[index]))
+        records.append(record)
     return records
+
+
+def links(text: str) -> list[str]:
+    """The web addresses in a text, in order, each once."""
+    found = (match.group(0).rstrip(_URL_TAIL) for match in _URL.finditer(text))
+    return list(dict.fromkeys(url for url in found if "." in url.split("//")[-1]))
+
+
+def _add_links(record: chatlog_pb.ChatMessage) -> None:
+    """Web addresses in the words become link attachments too (the text stays as it is)."""
+    known = {attachment.url for attachment in record.attachments}
+    for url in links(record.text):
+        if url not in known:
+            record.attachments.append(
+                event_pb2.Attachment(type=event_pb2.ATTACHMENT_TYPE_FALLBACK, url=url)
+            )
+
+
+def content_type(record: chatlog_pb.ChatMessage) -> chatlog_pb.MessageType.ValueType:
+    """The type of a message by what it carries: its first attachment's kind, else text."""
+    if record.attachments:
+        return ATTACHMENT_MESSAGE_TYPES.get(
+            record.attachments[0].type, chatlog_pb.MESSAGE_TYPE_FILE
+        )
+    return chatlog_pb.MESSAGE_TYPE_TEXT
+
+
+def receipt_of(event: event_pb2.ChatEvent) -> chatlog_pb.Receipt | None:
+    """A delivery or read receipt as the chatlog records it on the conversation;
+    None for any other event, or for a receipt without a usable time."""
+    kind = event.WhichOneof("kind")
+    if kind == "read":
+        stamp, receipt_kind = event.read.watermark_time, chatlog_pb.RECEIPT_KIND_READ
+    elif kind == "delivery":
+        # Without a watermark, the listed mids were delivered by the event's time.
+        has_mark = event.delivery.HasField("watermark_time")
+        stamp = event.delivery.watermark_time if has_mark else event.event_time
+        receipt_kind = chatlog_pb.RECEIPT_KIND_DELIVERED
+    else:
+        return None
+    ms = storable_ms(stamp)
+    if not ms:
+        return None
+    user = UserId(event.user.tenant_id, int(event.user.channel), event.user.user_id)
+    return chatlog_pb.Receipt(
+        user=event.user,
+        conversation_id=conversation_id(user),
+        kind=receipt_kind,
+        watermark_time=timestamp_ms(ms),
+    )
 
 
 def inbound_records(
@@ -127,8 +190,8 @@ def _stamp_inbound(record: chatlog_pb.ChatMessage, turn: Turn, event: event_pb2.
     storable = event.HasField("event_time") and storable_ms(event.event_time) is not None
     record.create_time.CopyFrom(event.event_time if storable else timestamp_ms(turn.received_ms))
     record.received_time.CopyFrom(timestamp_ms(turn.received_ms))
-    record.respond_time.CopyFrom(timestamp_ms(turn.respond_ms))
-    record.processing_duration.CopyFrom(duration_ms(turn.respond_ms - turn.received_ms))
+    record.respond_time.CopyFrom(timestamp_ms(turn.answered_ms))
+    record.processing_duration.CopyFrom(duration_ms(turn.answered_ms - turn.received_ms))
     record.queue_duration.CopyFrom(duration_ms(turn.started_ms - turn.received_ms))
 
 
@@ -161,15 +224,12 @@ def _describe_message(record: chatlog_pb.ChatMessage, message: event_pb2.Message
         # Written by the page (a person in the inbox, or another app).
         record.direction = chatlog_pb.DIRECTION_OUTBOUND
         record.author = chatlog_pb.AUTHOR_PAGE
+    _add_links(record)
     if message.quick_reply_payload:
         record.type = chatlog_pb.MESSAGE_TYPE_QUICK_REPLY
         record.payload = message.quick_reply_payload
-    elif message.attachments:
-        record.type = ATTACHMENT_MESSAGE_TYPES.get(
-            message.attachments[0].type, chatlog_pb.MESSAGE_TYPE_FILE
-        )
     else:
-        record.type = chatlog_pb.MESSAGE_TYPE_TEXT
+        record.type = content_type(record)
 
 
 def _understood(record: chatlog_pb.ChatMessage, outcome: Outcome) -> None:
@@ -187,7 +247,7 @@ def _understood(record: chatlog_pb.ChatMessage, outcome: Outcome) -> None:
 def outbound_record(
     turn: Turn, reply: event_pb2.Reply, *, in_reply_to: str
 ) -> chatlog_pb.ChatMessage:
-    """A reply of the bot, stamped with the time it was decided."""
+    """A reply of the bot, stamped with the time it was decided, typed by what it carries."""
     record = chatlog_pb.ChatMessage(
         user=user_ref(turn.user),
         conversation_id=conversation_id(turn.user),
@@ -201,11 +261,8 @@ def outbound_record(
         handed_off=turn.handed_off,
         fencing_token=turn.fencing_token,
     )
-    record.type = (
-        chatlog_pb.MESSAGE_TYPE_IMAGE
-        if not reply.text and reply.attachments
-        else chatlog_pb.MESSAGE_TYPE_TEXT
-    )
+    _add_links(record)
+    record.type = content_type(record)
     record.create_time.CopyFrom(timestamp_ms(turn.respond_ms))
     record.respond_time.CopyFrom(timestamp_ms(turn.respond_ms))
     return record

@@ -13,12 +13,12 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from mesh import get_logger, tracing
 from mesh.page_tokens import PageTokens
 from mesh.tenants import Tenants
+from mesh.timestamps import timestamp_ms
 from services.dialogue import metrics
 from services.dialogue.clients import Chatlog
 from services.dialogue.handover import ThreadControl
@@ -32,6 +32,7 @@ from services.dialogue.processor import (
     conversation_id,
     storable_ms,
 )
+from services.dialogue.records import receipt_of
 from services.dialogue.store import (
     DeadLetterCursor,
     DeadLetterRecord,
@@ -56,12 +57,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class Invalid(Exception):
     pass
-
-
-def _ms_timestamp(ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
 
 
 class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
@@ -153,14 +148,27 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
         for index, user in enumerate(users):
             by_user.setdefault(user, []).append(index)
         statuses: list[SubmitStatus] = [SubmitStatus.DUPLICATE] * len(events)
+        # Receipts take no turn: they go straight to the chatlog's outbox and
+        # become status on the messages they cover (a repeat changes nothing).
+        receipts: list[chatlog_pb.Receipt] = []
+        for index, event in enumerate(events):
+            if event.WhichOneof("kind") in ("delivery", "read"):
+                statuses[index] = SubmitStatus.ACCEPTED
+                by_user[users[index]].remove(index)
+                receipt = receipt_of(event)
+                if receipt is not None:
+                    receipts.append(receipt)
+                metrics.EVENTS_SUBMITTED.labels("receipt").inc()
 
         async def submit_user(user: UserId, indexes: list[int]) -> None:
             for index in indexes:
-                statuses[index] = await self._store.submit(user, self._item(events[index]))
+                status = await self._store.submit(user, self._item(events[index]))
+                statuses[index] = status
+                metrics.EVENTS_SUBMITTED.labels(status.name.lower()).inc()
 
-        await asyncio.gather(*(submit_user(u, i) for u, i in by_user.items()))
-        for status in statuses:
-            metrics.EVENTS_SUBMITTED.labels(status.name.lower()).inc()
+        await asyncio.gather(
+            self._chatlog.defer(receipts), *(submit_user(u, i) for u, i in by_user.items() if i)
+        )
         return statuses
 
     async def SubmitEvents(
@@ -453,8 +461,8 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             event=event,
             attempt_count=record.attempts,
             last_error=record.last_error,
-            first_failure_time=_ms_timestamp(record.first_failure_ms),
-            last_failure_time=_ms_timestamp(record.last_failure_ms),
+            first_failure_time=timestamp_ms(record.first_failure_ms),
+            last_failure_time=timestamp_ms(record.last_failure_ms),
         )
 
     async def ReplayDeadLetter(

@@ -330,3 +330,110 @@ def test_an_agent_s_message() -> None:
     assert (record.fencing_token, record.type) == (11, chatlog_pb.MESSAGE_TYPE_TEXT)
     assert [q.payload for q in record.quick_replies] == ["THANKS"]
     assert record.create_time.ToMilliseconds() == RECEIVED
+
+
+# ---- what was sent, links, receipts ------------------------------------------
+
+
+def test_send_times_stamp_the_replies_and_end_the_processing_time() -> None:
+    outcome = Outcome(replies=(_reply("m_1:r0", "one"), _reply("m_1:r1", "two")))
+    turn = records.Turn(**{**TURN.__dict__, "sent_ms": {0: RECEIVED + 120, 1: RECEIVED + 190}})
+    inbound, first, second = records.turn_records(
+        turn, _event(message=event_pb2.Message(text="hi")), outcome
+    )
+    assert first.sent_time.ToMilliseconds() == RECEIVED + 120
+    assert second.sent_time.ToMilliseconds() == RECEIVED + 190
+    assert inbound.respond_time.ToMilliseconds() == RECEIVED + 190
+    assert inbound.processing_duration.ToMilliseconds() == 190
+    # Never sent (no channel, or refused): no send time; processing ends at the decision.
+    inbound, unsent, _ = records.turn_records(
+        TURN, _event(message=event_pb2.Message(text="hi")), outcome
+    )
+    assert not unsent.HasField("sent_time")
+    assert inbound.processing_duration.ToMilliseconds() == 80
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("see https://example.com/a?b=1.", ["https://example.com/a?b=1"]),
+        (
+            "(www.example.org) and http://x.io/y, twice http://x.io/y",
+            ["www.example.org", "http://x.io/y"],
+        ),
+        ("no link here, nor in e.g. or http://", []),
+    ],
+)
+def test_links_in_words(text: str, found: list[str]) -> None:
+    assert records.links(text) == found
+
+
+def test_a_message_with_a_web_address_is_a_link_and_keeps_its_words() -> None:
+    record = _one(_event(message=event_pb2.Message(text="look at https://shop.example/item/7!")))
+    assert record.type == chatlog_pb.MESSAGE_TYPE_LINK
+    assert record.text == "look at https://shop.example/item/7!"
+    assert [(a.type, a.url) for a in record.attachments] == [
+        (event_pb2.ATTACHMENT_TYPE_FALLBACK, "https://shop.example/item/7")
+    ]
+    # Messenger's own link attachment is not doubled.
+    shared = event_pb2.Attachment(type=event_pb2.ATTACHMENT_TYPE_FALLBACK, url="https://a.example/")
+    record = _one(
+        _event(message=event_pb2.Message(text="https://a.example/", attachments=[shared]))
+    )
+    assert [a.url for a in record.attachments] == ["https://a.example/"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        (event_pb2.Reply(reply_id="r", text="hi"), chatlog_pb.MESSAGE_TYPE_TEXT),
+        (
+            event_pb2.Reply(reply_id="r", text="read https://docs.example/x"),
+            chatlog_pb.MESSAGE_TYPE_LINK,
+        ),
+        (
+            event_pb2.Reply(
+                reply_id="r",
+                attachments=[
+                    event_pb2.Attachment(
+                        type=event_pb2.ATTACHMENT_TYPE_VIDEO, url="https://v/1.mp4"
+                    )
+                ],
+            ),
+            chatlog_pb.MESSAGE_TYPE_VIDEO,
+        ),
+        (
+            event_pb2.Reply(
+                reply_id="r",
+                text="Pick one",
+                attachments=[
+                    event_pb2.Attachment(type=event_pb2.ATTACHMENT_TYPE_TEMPLATE, payload_json="{}")
+                ],
+            ),
+            chatlog_pb.MESSAGE_TYPE_TEMPLATE,
+        ),
+    ],
+)
+def test_a_reply_is_typed_by_what_was_sent(reply: event_pb2.Reply, kind: int) -> None:
+    assert records.outbound_record(TURN, reply, in_reply_to="m_1").type == kind
+
+
+def test_receipts_become_watermarks_of_the_conversation() -> None:
+    read = records.receipt_of(_event(read=event_pb2.Read(watermark_time=_stamp(RECEIVED))))
+    assert read is not None
+    assert (read.kind, read.conversation_id, read.watermark_time.ToMilliseconds()) == (
+        chatlog_pb.RECEIPT_KIND_READ,
+        "1:u1",
+        RECEIVED,
+    )
+    assert read.user.user_id == "u1"
+    # A delivery listing mids without a watermark covers what came before its own time.
+    listed = _event(delivery=event_pb2.Delivery(mids=["m_0"]), event_time=_stamp(RECEIVED + 5))
+    delivered = records.receipt_of(listed)
+    assert delivered is not None
+    assert (delivered.kind, delivered.watermark_time.ToMilliseconds()) == (
+        chatlog_pb.RECEIPT_KIND_DELIVERED,
+        RECEIVED + 5,
+    )
+    assert records.receipt_of(_event(delivery=event_pb2.Delivery(mids=["m_0"]))) is None
+    assert records.receipt_of(_event(message=event_pb2.Message(text="hi"))) is None

@@ -22,6 +22,9 @@ import httpx
 import pytest
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
+from chatbot.common.v1 import event_pb2
+from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
+from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from cli.graph_standin import GraphStandIn
@@ -225,3 +228,102 @@ def test_one_webhook_makes_one_trace_across_the_services(
     # Both sides of the chatlog call are in the trace: the chatlog service exported too.
     appends = [s for s in spans.values() if s.name.endswith("AppendMessages")]
     assert len(appends) >= 2
+
+
+def _post_webhook(stack: Stack, *items: dict[str, object]) -> None:
+    now = int(time.time() * 1000)
+    body = json.dumps(
+        {"object": "page", "entry": [{"id": "local-page", "time": now, "messaging": list(items)}]}
+    ).encode()
+    response = httpx.post(
+        f"http://127.0.0.1:{stack.ports['gateway']}/webhooks/messenger",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": sign("local-app-secret", body),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_the_chatlog_records_what_really_happened(stack: Stack) -> None:
+    """Send times from the Send API, processing up to the send, links kept as links,
+    and receipts as the replies' status, taking no turn of the user's queue."""
+    user = f"fidelity-{secrets.token_hex(4)}"
+    graph = GraphStandIn(port=stack.ports["graph"]).start()
+    try:
+        sent_at = int(time.time() * 1000)
+        base = {"sender": {"id": user}, "recipient": {"id": "local-page"}}
+        _post_webhook(
+            stack,
+            base | {"timestamp": sent_at, "message": {"mid": f"m_{user}", "text": "hello, see https://example.com/shoes?"}},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(s.recipient == user for s in graph.sent):
+            assert time.monotonic() < deadline, "no reply was sent"
+            time.sleep(0.1)
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports['chatlog']}") as channel:
+            stub = chatlog_service_pb2_grpc.ChatlogServiceStub(channel)
+            request = chatlog_pb.ListMessagesRequest(
+                tenant_id="default", conversation_id=f"1:{user}", page_size=100
+            )
+
+            def transcript() -> list[chatlog_pb.ChatMessage]:
+                try:
+                    return list(stub.ListMessages(request, timeout=10).messages)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    return []
+
+            deadline = time.monotonic() + 60
+            while len(messages := transcript()) < 2:
+                assert time.monotonic() < deadline, f"the turn was not recorded: {messages}"
+                time.sleep(0.2)
+            inbound, *replies = messages
+            assert inbound.type == chatlog_pb.MESSAGE_TYPE_LINK
+            assert inbound.text == "hello, see https://example.com/shoes?"
+            assert [a.url for a in inbound.attachments] == ["https://example.com/shoes"]
+            assert replies and all(r.HasField("sent_time") for r in replies)
+            last_sent = max(r.sent_time.ToMilliseconds() for r in replies)
+            assert all(
+                r.sent_time.ToMilliseconds() >= r.respond_time.ToMilliseconds() for r in replies
+            )
+            assert inbound.respond_time.ToMilliseconds() == last_sent
+            assert inbound.processing_duration.ToMilliseconds() == (
+                last_sent - inbound.received_time.ToMilliseconds()
+            )
+            assert {r.delivery_status for r in replies} == {chatlog_pb.DELIVERY_STATUS_SENT}
+
+            # Messenger reports the replies delivered, then read (and repeats itself).
+            receipts_at = int(time.time() * 1000) + 1000
+            delivered = base | {"timestamp": receipts_at, "delivery": {"watermark": receipts_at}}
+            read = base | {"timestamp": receipts_at + 1, "read": {"watermark": receipts_at}}
+            _post_webhook(stack, delivered)
+            _post_webhook(stack, delivered, read)
+            deadline = time.monotonic() + 60
+            while {m.delivery_status for m in transcript()[1:]} != {
+                chatlog_pb.DELIVERY_STATUS_READ
+            }:
+                assert time.monotonic() < deadline, transcript()
+                time.sleep(0.2)
+            # No line for the receipts, and they never took a turn: the last
+            # event the user's queue processed is still the message.
+            assert len(transcript()) == len(messages)
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports['dialogue']}") as channel:
+            state = (
+                dialogue_service_pb2_grpc.DialogueServiceStub(channel)
+                .GetConversationState(
+                    dialogue_pb.GetConversationStateRequest(
+                        user=event_pb2.UserRef(
+                            tenant_id="default", channel=event_pb2.CHANNEL_MESSENGER, user_id=user
+                        )
+                    ),
+                    timeout=10,
+                )
+                .state
+            )
+            assert state.last_processed_event_id == f"m_{user}"
+    finally:
+        graph.stop()
