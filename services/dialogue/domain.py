@@ -23,6 +23,7 @@
         required_slots: [order_id]
         responses: {ask: [...], success: [...], not_found: [...], error: [...]}
     payloads: {GET_STARTED: greet}          # postback payloads to intents
+    referrals: {summer-sale: /order_status} # m.me/<page>?ref=summer-sale ("*": any ref)
     slots: [order_id, city]                 # entities remembered per user
     handoff_intent: human_handoff
     mark_seen: true                         # "seen" shown as a message's turn starts
@@ -43,7 +44,7 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,8 @@ class Domain:
     fallback_intent: str = "nlu_fallback"
     messenger_profile: MessengerProfile | None = None  # None: the file has no such section
     mark_seen: bool = True  # show the user their message was seen as its turn starts
+    # An m.me link's or an ad's ``ref`` -> the payload it stands for ("*": any other ref).
+    referrals: Mapping[str, str] = field(default_factory=dict)
 
     def choose(
         self,
@@ -287,6 +290,13 @@ def load_domain(path: Path) -> Domain:
             raise ConfigError(f"{path}: responses.{intent} names an unknown action {action!r}")
     if "fallback" not in responses:
         raise ConfigError(f"{path}: a 'fallback' response is required")
+    payloads = {str(k): str(v) for k, v in (raw.get("payloads") or {}).items()}
+    referrals = {str(k): str(v) for k, v in (raw.get("referrals") or {}).items()}
+    for ref, payload in referrals.items():
+        if not (payload.startswith("/") and len(payload) > 1) and payload not in payloads:
+            raise ConfigError(
+                f"{path}: referrals.{ref} names {payload!r}: expected /intent or a key of payloads"
+            )
     profile = None
     if raw.get("messenger_profile") is not None:
         profile = parse_messenger_profile(raw["messenger_profile"], f"{path}: messenger_profile")
@@ -294,11 +304,12 @@ def load_domain(path: Path) -> Domain:
         responses=responses,
         intent_actions=intent_actions,
         actions=actions,
-        payloads={str(k): str(v) for k, v in (raw.get("payloads") or {}).items()},
+        payloads=payloads,
         slots=frozenset(str(s) for s in raw.get("slots") or []),
         handoff_intent=str(raw.get("handoff_intent", "human_handoff")),
         messenger_profile=profile,
         mark_seen=bool(raw.get("mark_seen", True)),
+        referrals=referrals,
     )
 
 

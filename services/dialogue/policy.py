@@ -99,12 +99,21 @@ class RunAction:
 Decision = Outcome | RunAction
 
 
-def answerable(event: event_pb2.ChatEvent) -> bool:
-    """A user's own message or postback; not an echo of the page, not in standby."""
+def answerable(event: event_pb2.ChatEvent, domain: Domain) -> bool:
+    """A user's own message or postback, or a referral the domain routes; not an
+    echo of the page, not in standby."""
     kind = event.WhichOneof("kind")
-    if kind not in ("message", "postback") or event.standby:
+    if event.standby or kind not in ("message", "postback", "referral"):
         return False
+    if kind == "referral":
+        return referral_payload(domain, event.referral) is not None
     return not (kind == "message" and event.message.is_echo)
+
+
+def referral_payload(domain: Domain, referral: event_pb2.Referral) -> str | None:
+    """The payload a referral (an m.me link's or an ad's ``ref``) stands for, if the
+    domain routes it: its own entry, else the ``"*"`` entry."""
+    return domain.referrals.get(referral.ref) or domain.referrals.get("*")
 
 
 def payload_intent(payload: str, domain: Domain) -> tuple[str, dict[str, str]] | None:
@@ -126,8 +135,13 @@ def payload_intent(payload: str, domain: Domain) -> tuple[str, dict[str, str]] |
 
 def read(domain: Domain, event: event_pb2.ChatEvent) -> Reading:
     """What there is to understand: a payload names its intent, words go to the NLU."""
-    if event.HasField("postback"):
+    if event.HasField("referral"):
+        text, payload = "", referral_payload(domain, event.referral) or ""
+    elif event.HasField("postback"):
         text, payload = event.postback.title, event.postback.payload
+        # Get Started through a link or an ad: the link's ref, when routed, decides.
+        if event.postback.HasField("referral") and event.postback.referral.ref:
+            payload = domain.referrals.get(event.postback.referral.ref) or payload
     else:
         text, payload = event.message.text, event.message.quick_reply_payload
     forced = payload_intent(payload, domain) if payload else None

@@ -113,7 +113,7 @@ class Processor:
         domain = self._domains[tenant.id]
         handed_off = head.handoff.get("active") == "1"
         outcome = policy.SILENT
-        if policy.answerable(event) and not handed_off:
+        if policy.answerable(event, domain) and not handed_off:
             if domain.mark_seen:
                 self._mark_seen(lease.user, tenant)
             outcome = await self._answer(lease.user, tenant, domain, event, head.slots)
@@ -404,7 +404,10 @@ def _user_message_time(event: event_pb2.ChatEvent, head: Head) -> dict[str, str]
     """The hand-off field keeping when the customer last wrote (the event's own time,
     never later than now), which the windows count from; empty when it does not move."""
     kind = event.WhichOneof("kind")
-    if kind not in ("message", "postback") or (kind == "message" and event.message.is_echo):
+    # What opens Messenger's standard window: a message, a button tap, a referral.
+    if kind not in ("message", "postback", "referral") or (
+        kind == "message" and event.message.is_echo
+    ):
         return {}
     sent = storable_ms(event.event_time) if event.HasField("event_time") else None
     sent = min(sent or received_ms(event, head.item.enqueue_ms), _now_ms())

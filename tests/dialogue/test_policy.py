@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from chatbot.common.v1 import event_pb2, nlu_result_pb2
 
+from mesh.config import ConfigError
 from services.dialogue import policy
 from services.dialogue.actions import ActionOutcome
 from services.dialogue.clients import Understanding
@@ -98,10 +100,54 @@ def _final(decision: policy.Decision) -> Outcome:
         (event_pb2.ChatEvent(event_id="e1", read=event_pb2.Read()), False),
         (event_pb2.ChatEvent(event_id="e1", optin=event_pb2.Optin(ref="r")), False),
         (event_pb2.ChatEvent(event_id="e1"), False),
+        (event_pb2.ChatEvent(event_id="e1", referral=event_pb2.Referral(ref="nowhere")), False),
     ],
 )
 def test_answerable(event: event_pb2.ChatEvent, expected: bool) -> None:
-    assert policy.answerable(event) is expected
+    assert policy.answerable(event, DOMAIN) is expected
+
+
+# ---- referrals (m.me links, ads) ----------------------------------------
+
+
+def test_a_referral_the_domain_routes_is_answered_as_its_payload() -> None:
+    domain = dataclasses.replace(
+        DOMAIN, referrals={"summer-sale": "/order_status", "*": "GET_STARTED"}
+    )
+    link = event_pb2.ChatEvent(
+        event_id="e1", referral=event_pb2.Referral(ref="summer-sale", source="SHORTLINK")
+    )
+    assert policy.answerable(link, domain)
+    reading = policy.read(domain, link)
+    assert isinstance(reading, Understanding) and reading.intent.name == "order_status"
+    ad = event_pb2.ChatEvent(event_id="e2", referral=event_pb2.Referral(ref="", source="ADS"))
+    reading = policy.read(domain, ad)
+    assert isinstance(reading, Understanding) and reading.intent.name == "greet"
+    assert not policy.answerable(link, DOMAIN)  # no routes: recorded, not answered
+    assert not policy.answerable(
+        event_pb2.ChatEvent(event_id="e3", standby=True, referral=link.referral), domain
+    )
+
+
+def test_get_started_through_a_link_follows_the_link() -> None:
+    domain = dataclasses.replace(DOMAIN, referrals={"summer-sale": "/order_status"})
+    start = _postback("Get Started", "GET_STARTED")
+    start.postback.referral.CopyFrom(event_pb2.Referral(ref="summer-sale", source="SHORTLINK"))
+    reading = policy.read(domain, start)
+    assert isinstance(reading, Understanding) and reading.intent.name == "order_status"
+    start.postback.referral.ref = "unknown"
+    reading = policy.read(domain, start)
+    assert isinstance(reading, Understanding) and reading.intent.name == "greet"
+
+
+def test_a_referral_route_must_name_an_intent_or_a_payload(tmp_path: Path) -> None:
+    path = tmp_path / "domain.yml"
+    path.write_text(
+        "responses: {fallback: [{text: '?'}]}\npayloads: {GO: greet}\n"
+        "referrals: {a: /greet, b: GO, c: nothing}\n"
+    )
+    with pytest.raises(ConfigError, match=r"referrals\.c names 'nothing'"):
+        load_domain(path)
 
 
 # ---- payloads name their intent ------------------------------------------
