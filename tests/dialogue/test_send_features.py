@@ -21,6 +21,7 @@ LONG = " ".join(f"word{i}" for i in range(500))  # about 3,900 characters
 
 DOMAIN = f"""
 mark_seen: true
+referrals: {{summer-sale: /opening_hours}}
 responses:
   greet:
     - text: "Hello! What would you like?"
@@ -188,3 +189,23 @@ def test_a_domain_that_messenger_would_refuse_is_refused_at_start(
     with pytest.raises(ConfigError, match="greet") as caught:
         load_domain(path)
     assert reason in str(caught.value)
+
+
+def test_a_link_s_ref_is_answered_as_the_domain_routes_it(
+    replicas: Replicas, graph_api: GraphApi, domain_file: Path
+) -> None:
+    replicas.start(1, DOMAIN_FILE=str(domain_file))
+    stub = replicas.stub()
+    ref = event_pb2.UserRef(tenant_id=TENANT, channel=event_pb2.CHANNEL_MESSENGER, user_id="ref-1")
+    routed = event_pb2.ChatEvent(
+        event_id="referral:1", user=ref, referral=event_pb2.Referral(ref="summer-sale")
+    )
+    unrouted = event_pb2.ChatEvent(
+        event_id="referral:2", user=ref, referral=event_pb2.Referral(ref="other")
+    )
+    submit(stub, routed, unrouted, message_event("ref-1", "m_ref_1", "hello"))
+    wait_for(lambda: settled(replicas, ["ref-1"]) and len(_messages_to(graph_api, "ref-1")) == 3)
+    sent = _messages_to(graph_api, "ref-1")
+    # The routed link's two attachments, nothing for the other ref, then the greeting.
+    assert [m["attachment"]["type"] for m in sent[:2]] == ["file", "video"]
+    assert sent[2]["attachment"]["payload"]["template_type"] == "button"
