@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from harness.redis_servers import RedisCluster, RedisServer
 from tests.chatlog.harness import CassandraNode
 from tests.fuzz import budget
 from tests.nlu_process import default_model, nlu_server
-from tests.redis_servers import RedisCluster, RedisServer
 
 __all__ = ["default_model", "nlu_server"]
 

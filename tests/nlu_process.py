@@ -13,7 +13,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from tests.support import REPO, ServiceProcess, free_port
+from harness.support import REPO, ServiceProcess, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

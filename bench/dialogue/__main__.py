@@ -23,10 +23,10 @@ import redis
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
-from tests.dialogue.conftest import message_event
+from harness.events import message_event
+from harness.redis_servers import RedisServer
+from harness.support import REPO, ServiceProcess, free_port
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
-from tests.redis_servers import RedisServer
-from tests.support import REPO, ServiceProcess, free_port
 
 TEXTS = ["hello", "thanks a lot", "what are your opening hours", "bye", "help me please"]
 

@@ -64,9 +64,9 @@ from bench.e2e.load import MESSENGER, OVERLAPPING, LoadShape, Message, Record, o
 from bench.e2e.rasa_baseline import DOMAIN, ensure_model
 from bench.e2e.systems import RasaServer, Sampler, Usage
 from bench.e2e.targets import RasaTarget, StackTarget, Target
+from harness.redis_servers import RedisServer
+from harness.support import REPO
 from mesh import cache_dir
-from tests.redis_servers import RedisServer
-from tests.support import REPO
 
 GEN_NLU = REPO / "build" / "gen" / "nlu"
 MODES = ("latency", "ordering", "capacity")

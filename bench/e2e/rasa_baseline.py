@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from harness.support import REPO
 from mesh import cache_dir
-from tests.support import REPO
 
 NLU_DIR = REPO / "services" / "nlu"
 DOMAIN = REPO / "services" / "dialogue" / "domains" / "default.yml"

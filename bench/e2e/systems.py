@@ -23,7 +23,7 @@ import httpx
 import psutil
 
 from bench.e2e.rasa_baseline import write_run_files
-from tests.support import REPO, free_port
+from harness.support import REPO, free_port
 
 APP_SECRET = "bench-app-secret"
 PAGE_ID = "bench-page"

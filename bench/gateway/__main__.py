@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     dialogue_port, gateway_port = _free_port(), _free_port()
     dialogue_address = f"127.0.0.1:{dialogue_port}"
     dialogue = _start(
-        [sys.executable, "-m", "tests.gateway.dialogue_server", "--port", str(dialogue_port)],
+        [sys.executable, "-m", "harness.dialogue_server", "--port", str(dialogue_port)],
         {},
         args.workdir / "dialogue.log",
     )

@@ -12,12 +12,12 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
+from harness.redis_servers import RedisServer
 from mesh.redis_client import connect
 from mesh.tenants import Tenants
 from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
 from services.gateway.admin.users import UserStore
 from tests.admin.stack import Stack
-from tests.redis_servers import RedisServer
 
 PREFIX = "admintest:"
 ROOT = ("root", "root-password-1")

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from harness.support import REPO, free_port
 from services.gateway.messenger.signature import sign
 from tests.admin.conftest import PREFIX, ROOT, USERS
 from tests.admin.stack import ACME_SECRET, PYTHONPATH, Stack, wait_for, webhook_body
-from tests.support import REPO, free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

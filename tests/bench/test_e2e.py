@@ -32,8 +32,8 @@ from bench.e2e.order import attribute, late
 from bench.e2e.rasa_baseline import project_files
 from bench.e2e.redis_cost import Counters, per_message
 from bench.e2e.sweep import Step, StepRecord, knee, measure
+from harness.support import REPO
 from tests.nlu_process import nlu_python
-from tests.support import REPO
 
 
 def _record(replies: dict[str, list[float]], users: dict[str, int]) -> Record:

@@ -20,10 +20,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.support import REPO, free_port
 from mesh.tenants import Tenant, Tenants
 from services.chatlog.server import ChatlogApp
 from services.chatlog.settings import ChatlogSettings
-from tests.support import REPO, free_port
 
 _T = TypeVar("_T")
 

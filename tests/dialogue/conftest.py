@@ -15,12 +15,12 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.events import TENANT, message_event
+from harness.redis_servers import RedisCluster, RedisServer
+from harness.support import REPO, ServiceProcess, free_port
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
-from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import REPO, ServiceProcess, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-TENANT = "default"
 
 
 class Replicas:
@@ -161,23 +161,6 @@ def cluster_replicas(
     group = Replicas(tmp_path, _env(redis_cluster.url, graph_api, keyword_nlu, recording_chatlog))
     yield group
     group.stop_all()
-
-
-def message_event(
-    user_id: str, mid: str, text: str, *, at_ms: int | None = None
-) -> event_pb2.ChatEvent:
-    event = event_pb2.ChatEvent(
-        event_id=mid,
-        user=event_pb2.UserRef(
-            tenant_id=TENANT, channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
-        ),
-        recipient_id="page-1",
-        message=event_pb2.Message(mid=mid, text=text),
-    )
-    now = at_ms or int(time.time() * 1000)
-    event.event_time.FromMilliseconds(now)
-    event.receive_time.FromMilliseconds(int(time.time() * 1000))
-    return event
 
 
 def submit(

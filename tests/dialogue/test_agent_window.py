@@ -14,10 +14,10 @@ from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
+from harness.redis_servers import RedisServer
 from services.dialogue.keys import UserId, UserKeys
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, RecordingChatlog
-from tests.redis_servers import RedisServer
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS

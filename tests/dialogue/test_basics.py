@@ -13,10 +13,10 @@ from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
+from harness.redis_servers import RedisServer
+from harness.support import free_port, scrape, wait_for_samples
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
-from tests.redis_servers import RedisServer
-from tests.support import free_port, scrape, wait_for_samples
 
 ACCEPTED = pb.SUBMIT_STATUS_ACCEPTED
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE

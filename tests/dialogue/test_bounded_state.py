@@ -17,6 +17,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from redis.exceptions import ResponseError
 
+from harness.redis_servers import RedisServer
 from services.dialogue.keys import TenantKeys, UserId, UserKeys
 from services.dialogue.store import (
     Acquired,
@@ -27,7 +28,6 @@ from services.dialogue.store import (
     SubmitStatus,
 )
 from tests.dialogue.conftest import TENANT, Replicas, message_event
-from tests.redis_servers import RedisServer
 
 TTL = 3600
 

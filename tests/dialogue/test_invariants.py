@@ -17,10 +17,10 @@ import pytest
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
+from harness.redis_servers import RedisServer
+from harness.support import free_port, wait_for_samples
 from tests.dialogue.conftest import TENANT, Replicas, message_event, settled, submit, wait_for
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
-from tests.redis_servers import RedisServer
-from tests.support import free_port, wait_for_samples
 
 pytestmark = pytest.mark.slow
 

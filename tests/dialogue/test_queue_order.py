@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
+from harness.redis_servers import RedisServer
 from services.dialogue.keys import UserId, UserKeys
 from services.dialogue.store import (
     DialogueStore,
@@ -28,7 +29,6 @@ from services.dialogue.store import (
 )
 from tests.dialogue.conftest import Replicas, message_event, submit, wait_for
 from tests.dialogue.standins import GraphApi
-from tests.redis_servers import RedisServer
 
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
 

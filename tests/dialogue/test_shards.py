@@ -16,12 +16,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from harness.redis_servers import RedisCluster, RedisServer
 from services.dialogue.keys import ShardKeys, UserId, shard_of
 from services.dialogue.store import DialogueStore, QueueItem, StoreSettings
 from tests.dialogue.conftest import Replicas, wait_for
 from tests.dialogue.standins import GraphApi, RecordingChatlog
 from tests.dialogue.test_invariants import play
-from tests.redis_servers import RedisCluster, RedisServer
 
 
 def _item(name: str) -> QueueItem:

@@ -22,13 +22,13 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import event_pb2
 from grpc_health.v1 import health_pb2
 
+from harness.support import ServiceProcess, free_port, health_status
 from tests.chatlog.harness import CassandraNode
 from tests.dialogue.conftest import Replicas
 from tests.faults.conftest import submitter
 from tests.faults.load import Load, wait_for
 from tests.faults.system import PYTHONPATH, TENANT, FaultRedis, GraphApi
 from tests.faults.tally import check, report, tally
-from tests.support import ServiceProcess, free_port, health_status
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.cassandra]
 

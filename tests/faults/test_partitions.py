@@ -33,6 +33,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.support import ServiceProcess, free_port
 from services.dialogue.domain import DEFAULT_DOMAIN, load_domain
 from tests.dialogue.conftest import Replicas
 from tests.faults import tally
@@ -40,7 +41,6 @@ from tests.faults.load import wait_for
 from tests.faults.messenger import MessengerUsers
 from tests.faults.system import APP_SECRET, PYTHONPATH, TENANT, FaultRedis, GatewayProcess, GraphApi
 from tests.faults.toxiproxy import Proxy, Toxiproxy
-from tests.support import ServiceProcess, free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

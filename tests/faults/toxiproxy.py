@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import REPO, free_port
+from harness.support import REPO, free_port
 
 VERSION = "v2.5.0"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.redis_servers import RedisServer
+from harness.support import REPO, ServiceProcess, free_port
 from services.chatlog.settings import ChatlogSettings
 from tests.chatlog.harness import TOKEN_SECRET, Harness
 from tests.dialogue.standins import GraphApi, KeywordNlu
 from tests.fuzz.dialogue_checks import SERVING, DialogueUnderFuzz
-from tests.redis_servers import RedisServer
-from tests.support import REPO, ServiceProcess, free_port
 
 TENANT = "default"
 

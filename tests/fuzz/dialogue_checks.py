@@ -20,10 +20,10 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.redis_servers import RedisServer
+from harness.support import ServiceProcess, health_status
 from services.dialogue.keys import UserId, UserKeys
 from tests.fuzz.calls import RawMethods
-from tests.redis_servers import RedisServer
-from tests.support import ServiceProcess, health_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 SERVICE = pb.DESCRIPTOR.services_by_name["DialogueService"]

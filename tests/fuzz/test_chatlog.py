@@ -16,6 +16,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
 from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from hypothesis import strategies as st
 
+from harness.support import health_status
 from tests.chatlog.harness import Harness
 from tests.fuzz.budget import LONG_TIMEOUT_S, long_examples, run
 from tests.fuzz.calls import OK, RawMethods, check_call
@@ -41,7 +42,6 @@ from tests.fuzz.values import (
     timestamps,
     usually,
 )
-from tests.support import health_status
 
 SERVING = 1
 SERVICE = pb.DESCRIPTOR.services_by_name["ChatlogService"]

@@ -14,10 +14,10 @@ from chatbot.nlu.v1 import nlu_service_pb2 as pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from hypothesis import strategies as st
 
+from harness.support import ServiceProcess, health_status
 from tests.fuzz.budget import LONG_TIMEOUT_S, long_examples, run
 from tests.fuzz.calls import OK, RawMethods, check_call
 from tests.fuzz.values import copies, raw_bodies, texts, usually
-from tests.support import ServiceProcess, health_status
 
 SERVING = 1
 SERVICE = pb.DESCRIPTOR.services_by_name["NluService"]

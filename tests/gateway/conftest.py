@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.redis_servers import RedisServer
 from tests.gateway.harness import LOG_ID_KEY, TENANTS, DialogueServer, Gateway
-from tests.redis_servers import RedisServer
 
 
 @pytest.fixture(scope="session")

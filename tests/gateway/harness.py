@@ -20,8 +20,8 @@ import redis
 from chatbot.common.v1 import event_pb2 as ev
 from grpc_health.v1 import health_pb2
 
+from harness.support import REPO, free_port, health_status
 from services.gateway.messenger.signature import sign
-from tests.support import REPO, free_port, health_status
 
 PAYLOADS = Path(__file__).resolve().parent / "payloads"
 PYTHONPATH = f"{REPO}:{REPO / 'build' / 'gen' / 'py'}"
@@ -84,7 +84,7 @@ class Call:
 
 
 class DialogueServer:
-    """``tests.gateway.dialogue_server`` as its own process, read and steered through Redis."""
+    """``harness.dialogue_server`` as its own process, read and steered through Redis."""
 
     def __init__(self, workdir: Path, redis_url: str, *, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -97,7 +97,7 @@ class DialogueServer:
             [
                 sys.executable,
                 "-m",
-                "tests.gateway.dialogue_server",
+                "harness.dialogue_server",
                 "--port",
                 str(self.port),
                 "--redis-url",

@@ -11,15 +11,15 @@ import pytest
 from chatbot.common.v1 import event_pb2 as ev
 from starlette.testclient import TestClient
 
+from harness.dialogue_server import CANNED_REPLY
+from harness.redis_servers import RedisCluster, RedisServer
+from harness.support import free_port
 from mesh.tenants import Tenants
 from services.gateway import GatewaySettings, create_app
 from services.gateway.dialogue import GrpcDialogueClient
 from services.gateway.ratelimit import RedisRateLimiter
 from tests.gateway.conftest import gateway_env
-from tests.gateway.dialogue_server import CANNED_REPLY
 from tests.gateway.harness import ACME_KEY, GLOBEX_KEY, DialogueServer, Gateway
-from tests.redis_servers import RedisCluster, RedisServer
-from tests.support import free_port
 
 # ---- authentication -------------------------------------------------------------
 

@@ -25,13 +25,13 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.redis_servers import RedisServer
+from harness.support import ServiceProcess, free_port
 from mesh.logging import hashed
 from services.gateway.dialogue import GrpcDialogueClient, submit_batch
 from services.gateway.errors import DialogueRejected
 from tests.gateway.conftest import gateway_env
 from tests.gateway.harness import LOG_ID_KEY, PYTHONPATH, DialogueServer, Gateway
-from tests.redis_servers import RedisServer
-from tests.support import ServiceProcess, free_port
 
 ROUTE = "/webhooks/messenger"
 LONG_MID = "m_" + "x" * 600

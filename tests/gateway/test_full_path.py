@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
+from harness.redis_servers import RedisServer
+from harness.support import ServiceProcess, free_port
 from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 from tests.gateway.conftest import gateway_env
 from tests.gateway.harness import PYTHONPATH, Gateway, payload
-from tests.redis_servers import RedisServer
-from tests.support import ServiceProcess, free_port
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.redis_servers import RedisServer
+from harness.support import REPO, free_port
 from services.gateway.messenger.signature import sign
 from tests.gateway.conftest import gateway_env
 from tests.gateway.harness import PYTHONPATH, DialogueServer, Gateway, payload
-from tests.redis_servers import RedisServer
-from tests.support import REPO, free_port
 
 
 def test_help_describes_the_command() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.redis_servers import RedisServer
 from tests.gateway.conftest import gateway_env
 from tests.gateway.harness import Gateway
-from tests.redis_servers import RedisServer
 
 PROXY = "127.0.0.2"
 ALICE, BOB = "203.0.113.7", "198.51.100.9"

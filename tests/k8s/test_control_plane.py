@@ -37,6 +37,7 @@ import httpx
 import pytest
 import yaml
 
+from harness.support import REPO
 from tests.k8s.metrics_api import MetricsAPI
 from tests.k8s.test_manifests import (
     DNS,
@@ -48,7 +49,6 @@ from tests.k8s.test_manifests import (
     Peer,
     connects,
 )
-from tests.support import REPO
 
 pytestmark = pytest.mark.kube
 

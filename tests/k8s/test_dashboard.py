@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.support import REPO
+from harness.support import REPO
 
 DASHBOARD = REPO / "k8s" / "components" / "grafana-dashboard" / "dashboard.json"
 SUFFIXES = ("_bucket", "_sum", "_count", "_total")

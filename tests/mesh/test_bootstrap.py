@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from harness.support import REPO
 from mesh import ConfigError, bootstrap
 from tests.nlu_process import nlu_env, nlu_python
-from tests.support import REPO
 
 SERVICES = ("chatlog", "dialogue", "gateway", "nlu")
 

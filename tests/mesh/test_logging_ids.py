@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.support import REPO
 from mesh.logging import hashed
-from tests.support import REPO
 
 KEY = "log-id-key-for-tests-3f9a81c2d4"
 USER = "alice@example.com"

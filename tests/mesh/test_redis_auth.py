@@ -17,15 +17,15 @@ import pytest
 from redis.asyncio import RedisCluster
 from redis.exceptions import AuthenticationError, RedisError
 
+from harness.redis_servers import RedisCluster as ClusterServers
+from harness.redis_servers import RedisServer
+from harness.support import free_port
 from mesh.config import ConfigError, Env
 from mesh.logging import JsonFormatter
 from mesh.redis_client import connect
 from mesh.redis_options import redis_options
 from services.gateway.ratelimit import RateLimiterUnavailable, RedisRateLimiter
 from tests.mesh.certs import CertificateAuthority
-from tests.redis_servers import RedisCluster as ClusterServers
-from tests.redis_servers import RedisServer
-from tests.support import free_port
 
 PASSWORD = "s3cret-from-a-file"
 

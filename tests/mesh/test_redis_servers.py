@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 
-from tests.redis_servers import RedisCluster, RedisServer
+from harness.redis_servers import RedisCluster, RedisServer
 
 
 def test_standalone_answers(redis_server: RedisServer) -> None:

@@ -19,14 +19,14 @@ import pytest
 from chatbot.chatlog.v1 import chatlog_service_pb2, chatlog_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.redis_servers import RedisServer
+from harness.support import REPO, ServiceProcess, free_port, health_status
 from mesh.channels import open_channel
 from mesh.config import ConfigError, Env
 from mesh.server import MeshServer
 from mesh.tls import PLAINTEXT, MeshTls
 from tests.gateway.harness import Gateway
 from tests.mesh.certs import CertificateAuthority, Issued
-from tests.redis_servers import RedisServer
-from tests.support import REPO, ServiceProcess, free_port, health_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 CHATLOG = "chatbot.chatlog.v1.ChatlogService"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.support import REPO
 from services.nlu import batched_diet
 from tests.nlu_process import nlu_env, nlu_python
-from tests.support import REPO
 
 NLU_DIR = REPO / "services" / "nlu"
 LONG = ("where is my order 12345 and what's the weather in Paris tomorrow? " * 40)[:2000]

@@ -15,8 +15,8 @@ from chatbot.nlu.v1 import nlu_service_pb2 as pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.support import REPO, ServiceProcess, free_port, health_status, scrape
 from tests.nlu_process import nlu_env, nlu_python
-from tests.support import REPO, ServiceProcess, free_port, health_status, scrape
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """A small but real ``chatbot.dialogue.v1.DialogueService`` for the gateway's tests
 and benchmark, run as its own process::
 
-    python -m tests.gateway.dialogue_server --port 0 [--redis-url URL --prefix P]
+    python -m harness.dialogue_server --port 0 [--redis-url URL --prefix P]
 
 With Redis it behaves like the real service where the gateway can see it:
 it validates events as the contract says (INVALID_ARGUMENT naming the index
@@ -243,7 +243,7 @@ async def serve(port: int, redis_url: str | None, prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.gateway.dialogue_server",
+        prog="python -m harness.dialogue_server",
         description="A test DialogueService: validates, dedupes and records; can fail or stall.",
     )
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: any free one)")
