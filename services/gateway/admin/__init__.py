@@ -11,7 +11,7 @@ data, set how long messages are kept and erase one customer's data. See
 from services.gateway.admin.app import AdminConsole, create_admin_app
 from services.gateway.admin.auth import Identity, SessionAuthenticator
 from services.gateway.admin.backends import Backends, GrpcAdminBackends, StaticBackends
-from services.gateway.admin.pages import API_PREFIX, PAGES_PREFIX
+from services.gateway.admin.params import API_PREFIX, PAGES_PREFIX
 from services.gateway.admin.settings import AdminSettings
 from services.gateway.admin.users import ROLE_ADMIN, ROLE_VIEWER, User, UserStore
 

@@ -9,8 +9,10 @@ session cookie; every POST also its CSRF token in ``X-CSRF-Token``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -19,16 +21,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from services.gateway.admin import params
-from services.gateway.admin.auth import Identity, check_csrf
+from services.gateway.admin.auth import Accounts, Identity, check_csrf
 from services.gateway.admin.errors import BadInput
 from services.gateway.admin.guard import identity
 from services.gateway.admin.live import Follower, LiveRequest
 from services.gateway.admin.openapi import document
-from services.gateway.admin.pages import SEARCH_DAYS, export_filter
-from services.gateway.admin.service import MAX_RETENTION_DAYS, ConversationFilter
-
-if TYPE_CHECKING:
-    from services.gateway.admin.app import AdminConsole
+from services.gateway.admin.params import ConversationFilter, export_filter
+from services.gateway.admin.profiles import CustomerProfiles
+from services.gateway.admin.service import MAX_RETENTION_DAYS, ConsoleService
+from services.gateway.admin.settings import AdminSettings
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -36,8 +37,20 @@ def to_json(message: Message) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, console: AdminConsole) -> None:
-        self._console = console
+    def __init__(
+        self,
+        service: ConsoleService,
+        profiles: CustomerProfiles,
+        accounts: Accounts,
+        settings: AdminSettings,
+        render_message: Callable[[chatlog_pb.ChatMessage], str],
+    ) -> None:
+        """``render_message`` gives a message's HTML for the live transcript."""
+        self._service = service
+        self._profiles = profiles
+        self._accounts = accounts
+        self._settings = settings
+        self._render_message = render_message
 
     def routes(self) -> list[BaseRoute]:
         t = "/tenants/{tenant}"
@@ -98,7 +111,7 @@ class Api:
             handed_off=params.flag(q, "handed_off"),
             user_id=params.text(q, "user"),
         )
-        found = await self._console.service.conversations(
+        found = await self._service.conversations(
             who,
             tenant,
             where,
@@ -106,7 +119,7 @@ class Api:
             params.integer(q, "page_size", 50, 1, 1000),
         )
         body = to_json(found)
-        known = await self._console.profiles.lookup(tenant, [c.user for c in found.conversations])
+        known = await self._profiles.lookup(tenant, [c.user for c in found.conversations])
         for conversation, item in zip(
             found.conversations, body.get("conversations", []), strict=True
         ):
@@ -121,14 +134,13 @@ class Api:
         words = params.text(q, "q", limit=200)
         if not words:
             raise BadInput("q (the words to find) is required")
-        end = params.when(q, "end", end=True) or dt.datetime.now(dt.timezone.utc)
-        start = params.when(q, "start") or end - dt.timedelta(days=SEARCH_DAYS)
-        found = await self._console.service.search(
+        window = params.search_window(q)
+        found = await self._service.search(
             who,
             tenant,
             words,
-            start,
-            end,
+            window.start,
+            window.end,
             params.channel(q),
             params.text(q, "page_token", limit=4096),
             params.integer(q, "page_size", 50, 1, 1000),
@@ -141,7 +153,7 @@ class Api:
         order = params.text(q, "order") or "oldest_first"
         if order not in ("oldest_first", "newest_first"):
             raise BadInput("order must be oldest_first or newest_first")
-        found = await self._console.service.messages(
+        found = await self._service.messages(
             who,
             tenant,
             params.text(q, "conversation_id", limit=400),
@@ -154,12 +166,12 @@ class Api:
     async def live(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         q = params.query(request)
-        settings = self._console.settings
+        settings = self._settings
         seconds = params.number(q, "max_seconds", 0.1, settings.live_stream_seconds)
-        authenticator = self._console.auth.authenticator
+        accounts = self._accounts
 
         async def signed_in() -> bool:
-            now = await authenticator.identify(request, touch=False)
+            now = await accounts.identify(request, touch=False)
             return now is not None and now.session.key == who.session.key
 
         live = LiveRequest(
@@ -173,7 +185,7 @@ class Api:
             poll_seconds=settings.live_poll_seconds,
             signed_in=signed_in,
         )
-        follower = Follower(self._console.service, self._console.renderer.message)
+        follower = Follower(self._service, self._render_message)
         token, sample = await follower.prepare(live)
         return StreamingResponse(
             follower.stream(live, token, sample),
@@ -184,7 +196,7 @@ class Api:
     async def state(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         q = params.query(request)
-        found = await self._console.service.state(
+        found = await self._service.state(
             who, tenant, params.channel(q), params.text(q, "user_id", limit=400)
         )
         return JSONResponse(to_json(found))
@@ -194,7 +206,7 @@ class Api:
         on = params.flag(form, "handed_off")
         if on is None:
             raise BadInput("handed_off (true or false) is required")
-        found = await self._console.service.set_handoff(
+        found = await self._service.set_handoff(
             who,
             tenant,
             params.channel(form),
@@ -206,7 +218,7 @@ class Api:
 
     async def agent_message(self, request: Request) -> Response:
         who, tenant, form = await self._post(request)
-        sent = await self._console.service.send_agent_message(
+        sent = await self._service.send_agent_message(
             who,
             tenant,
             params.channel(form),
@@ -222,13 +234,13 @@ class Api:
         start, end = params.when(q, "start"), params.when(q, "end", end=True)
         if start is None or end is None:
             raise BadInput("start and end are required")
-        found = await self._console.service.stats(who, tenant, start, end, params.channel(q))
+        found = await self._service.stats(who, tenant, start, end, params.channel(q))
         return JSONResponse(to_json(found))
 
     async def dead_letters(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         q = params.query(request)
-        found = await self._console.service.dead_letters(
+        found = await self._service.dead_letters(
             who,
             tenant,
             params.text(q, "page_token", limit=4096),
@@ -238,23 +250,17 @@ class Api:
 
     async def replay(self, request: Request) -> Response:
         who, tenant, _ = await self._post(request)
-        found = await self._console.service.replay(
-            who, tenant, request.path_params["dead_letter_id"]
-        )
+        found = await self._service.replay(who, tenant, request.path_params["dead_letter_id"])
         return JSONResponse(to_json(found))
 
     async def training(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
-        found = await self._console.service.export(
-            who, tenant, export_filter(params.query(request))
-        )
+        found = await self._service.export(who, tenant, export_filter(params.query(request)))
         return JSONResponse(to_json(found))
 
     async def training_yaml(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
-        found = await self._console.service.export(
-            who, tenant, export_filter(params.query(request))
-        )
+        found = await self._service.export(who, tenant, export_filter(params.query(request)))
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         return Response(
             found.rasa_nlu_yaml,
@@ -267,14 +273,14 @@ class Api:
 
     async def retention(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
-        return JSONResponse(to_json(await self._console.service.retention(who, tenant)))
+        return JSONResponse(to_json(await self._service.retention(who, tenant)))
 
     async def set_retention(self, request: Request) -> Response:
         who, tenant, form = await self._post(request)
         days = params.integer(form, "days", -1, 0, MAX_RETENTION_DAYS)
         if days < 0:
             raise BadInput("days is required (0 keeps messages until deleted)")
-        found = await self._console.service.set_retention(who, tenant, days)
+        found = await self._service.set_retention(who, tenant, days)
         return JSONResponse(to_json(found))
 
     async def erase(self, request: Request) -> Response:
@@ -284,5 +290,5 @@ class Api:
             raise BadInput("user_id is required")
         if params.text(form, "confirm", limit=400) != user_id:
             raise BadInput("confirm must repeat user_id: erasing cannot be undone")
-        found = await self._console.service.erase_user(who, tenant, params.channel(form), user_id)
+        found = await self._service.erase_user(who, tenant, params.channel(form), user_id)
         return JSONResponse(to_json(found))

@@ -11,6 +11,10 @@
 open in the running loop), then creates or updates the first administrator
 from ``ADMIN_USERNAME``/``ADMIN_PASSWORD``. ``console.app`` is the console
 alone, with that lifespan, for tests and for serving it on its own.
+
+This is the one place that builds the parts and hands each what it uses:
+the pages and the API get the service, the profiles, the accounts (sessions
+and signing in) and the settings, never the console itself.
 """
 
 from __future__ import annotations
@@ -19,39 +23,27 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Mount
 
 from mesh import get_logger
 from mesh.tenants import Tenants
 from services.gateway.admin.api import Api
-from services.gateway.admin.auth import Identity, SessionAuthenticator
+from services.gateway.admin.auth import Accounts
 from services.gateway.admin.backends import Backends
-from services.gateway.admin.errors import BackendUnavailable
 from services.gateway.admin.guard import Guard, exception_handlers
-from services.gateway.admin.lockout import LoginThrottle
-from services.gateway.admin.pages import API_PREFIX, PAGES_PREFIX, Pages
+from services.gateway.admin.pages import Pages
+from services.gateway.admin.params import API_PREFIX, PAGES_PREFIX
 from services.gateway.admin.profiles import CustomerProfiles
 from services.gateway.admin.render import Renderer
 from services.gateway.admin.service import ConsoleService
-from services.gateway.admin.sessions import SessionStore
 from services.gateway.admin.settings import AdminSettings
 from services.gateway.admin.users import UserStore
 
 _log = get_logger("gateway.admin")
-
-
-@dataclass(frozen=True)
-class Auth:
-    users: UserStore
-    sessions: SessionStore
-    throttle: LoginThrottle
-    authenticator: SessionAuthenticator
 
 
 def _csp(settings: AdminSettings) -> str:
@@ -70,8 +62,15 @@ class AdminConsole:
         self.renderer = Renderer()
         self.profiles = CustomerProfiles(settings, tenants, backends)
         self.service = ConsoleService(settings, backends, self.profiles)
-        self._auth: Auth | None = None
-        pages, api = Pages(self), Api(self)
+        self.accounts = Accounts(settings, [t.id for t in tenants])
+        pages = Pages(
+            service=self.service,
+            profiles=self.profiles,
+            renderer=self.renderer,
+            settings=settings,
+            accounts=self.accounts,
+        )
+        api = Api(self.service, self.profiles, self.accounts, settings, self.renderer.message)
         csp = _csp(settings)
         login = f"{PAGES_PREFIX}/login"
         self.pages = Starlette(
@@ -79,7 +78,7 @@ class AdminConsole:
             middleware=[
                 Middleware(
                     Guard,
-                    identify=self.identify,
+                    identify=self.accounts.identify,
                     api=False,
                     csp=csp,
                     login_path=login,
@@ -91,7 +90,9 @@ class AdminConsole:
         self.api = Starlette(
             routes=api.routes(),
             middleware=[
-                Middleware(Guard, identify=self.identify, api=True, csp=csp, login_path=login)
+                Middleware(
+                    Guard, identify=self.accounts.identify, api=True, csp=csp, login_path=login
+                )
             ],
             exception_handlers=exception_handlers(True, pages.error_page),
         )
@@ -100,40 +101,12 @@ class AdminConsole:
             Mount(API_PREFIX, app=self.api, name="admin-api"),
         ]
 
-    @property
-    def auth(self) -> Auth:
-        if self._auth is None:
-            raise BackendUnavailable("the console is not started")
-        return self._auth
-
-    async def identify(self, conn: HTTPConnection) -> Identity | None:
-        return await self.auth.authenticator.identify(conn)
-
     async def start(self) -> None:
         start = getattr(self.backends, "start", None)
         if start is not None:
             await start()
         await self.profiles.start()
-        redis = self.backends.redis
-        prefix = self.settings.redis_prefix
-        users = UserStore(redis, prefix)
-        sessions = SessionStore(
-            redis,
-            idle=self.settings.session_idle_seconds,
-            max_age=self.settings.session_max_seconds,
-            prefix=prefix,
-        )
-        throttle = LoginThrottle(
-            redis,
-            free_attempts=self.settings.lockout_attempts,
-            ip_limit=self.settings.lockout_ip_attempts,
-            window=self.settings.lockout_window_seconds,
-            base_delay=self.settings.login_delay_seconds,
-            prefix=prefix,
-        )
-        self._auth = Auth(
-            users, sessions, throttle, SessionAuthenticator(users, sessions, self.tenants_ids)
-        )
+        users = self.accounts.open(self.backends.redis)
         # The webhook must start even when Redis is down: then the first
         # administrator is ensured in the background, once Redis answers.
         try:
@@ -169,15 +142,11 @@ class AdminConsole:
             bootstrap.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bootstrap
-        self._auth = None
+        self.accounts.close()
         await self.profiles.close()
         close = getattr(self.backends, "close", None)
         if close is not None:
             await close()
-
-    @property
-    def tenants_ids(self) -> list[str]:
-        return [t.id for t in self.tenants]
 
     @property
     def app(self) -> Starlette:

@@ -11,6 +11,9 @@ Cookies are ``HttpOnly; SameSite=Strict; Path=/``, and ``Secure`` over https
 POST carries the session's CSRF token (form field ``csrf_token`` or header
 ``X-CSRF-Token``), compared in constant time; a POST whose ``Origin`` names
 another site is refused before that.
+
+`Accounts` holds the users, the sessions and the sign-in throttle once Redis
+is open, and runs signing in and out, so the pages only show the outcome.
 """
 
 from __future__ import annotations
@@ -22,10 +25,19 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from services.gateway.admin.errors import CsrfRejected, Forbidden, NotFound
+from mesh import get_logger
+from services.gateway.admin.errors import (
+    BackendUnavailable,
+    CsrfRejected,
+    Forbidden,
+    LockedOut,
+    NotAuthenticated,
+    NotFound,
+)
+from services.gateway.admin.lockout import LoginThrottle
 from services.gateway.admin.sessions import Session, SessionStore
 from services.gateway.admin.settings import AdminSettings
-from services.gateway.admin.users import ROLE_ADMIN, User, UserStore
+from services.gateway.admin.users import ROLE_ADMIN, RedisClient, User, UserStore
 from services.gateway.auth import AuthenticationFailed, Principal
 
 SCHEME_SESSION = "session"
@@ -35,6 +47,7 @@ LOGIN_COOKIE = "chatbot_admin_login"
 SECURE_LOGIN_COOKIE = "__Host-chatbot_admin_login"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+_log = get_logger("gateway.admin")
 
 
 @dataclass(frozen=True)
@@ -162,3 +175,111 @@ def check_csrf(request: Request, expected: str, form: dict[str, str] | None) -> 
     given = request.headers.get(CSRF_HEADER) or (form or {}).get(CSRF_FIELD) or ""
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise CsrfRejected("the CSRF token is missing or wrong; reload the page")
+
+
+def _wait_text(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{-(-seconds // 60)} minutes"
+
+
+@dataclass(frozen=True)
+class _Stores:
+    users: UserStore
+    sessions: SessionStore
+    throttle: LoginThrottle
+    authenticator: SessionAuthenticator
+
+
+class Accounts:
+    """The console's users, sessions and sign-in throttle, all kept in Redis.
+
+    Built with the console and opened in its ``start()``, once Redis is: before
+    that (and after ``close()``) every use answers BackendUnavailable.
+    """
+
+    def __init__(self, settings: AdminSettings, tenants: Iterable[str]) -> None:
+        self._settings = settings
+        self._tenants = tuple(tenants)
+        self._stores: _Stores | None = None
+
+    def open(self, redis: RedisClient) -> UserStore:
+        """Opens the stores on ``redis``; the users' store is also the first admin's."""
+        settings, prefix = self._settings, self._settings.redis_prefix
+        users = UserStore(redis, prefix)
+        sessions = SessionStore(
+            redis,
+            idle=settings.session_idle_seconds,
+            max_age=settings.session_max_seconds,
+            prefix=prefix,
+        )
+        throttle = LoginThrottle(
+            redis,
+            free_attempts=settings.lockout_attempts,
+            ip_limit=settings.lockout_ip_attempts,
+            window=settings.lockout_window_seconds,
+            base_delay=settings.login_delay_seconds,
+            prefix=prefix,
+        )
+        authenticator = SessionAuthenticator(users, sessions, self._tenants)
+        self._stores = _Stores(users, sessions, throttle, authenticator)
+        return users
+
+    def close(self) -> None:
+        self._stores = None
+
+    @property
+    def _open(self) -> _Stores:
+        if self._stores is None:
+            raise BackendUnavailable("the console is not started")
+        return self._stores
+
+    async def identify(self, conn: HTTPConnection, *, touch: bool = True) -> Identity | None:
+        return await self._open.authenticator.identify(conn, touch=touch)
+
+    async def sign_in(self, request: Request, username: str, password: str, form_token: str) -> str:
+        """A new session's token for ``username``, or the error that refuses it.
+
+        The sign-in form's own token comes first (CsrfRejected), then the
+        throttle (LockedOut), then the password (NotAuthenticated). A session
+        the browser still holds is ended, so every sign-in starts a fresh one.
+        """
+        stores = self._open
+        expected = cookie_value(request, LOGIN_COOKIE, SECURE_LOGIN_COOKIE)
+        if (
+            not same_origin(request)
+            or not expected
+            or not hmac.compare_digest(form_token.encode(), expected.encode())
+        ):
+            raise CsrfRejected("The sign-in form expired; please try again.")
+        address = request.client.host if request.client else "unknown"
+        # Charged before the password is checked, so parallel guesses are counted too.
+        verdict = await stores.throttle.attempt(username, address)
+        if not verdict.allowed:
+            _log.warning(
+                "login refused: too many attempts",
+                extra={"client": address, "reason": verdict.outcome},
+            )
+            wait = verdict.retry_after_seconds
+            raise LockedOut(f"Too many failed sign-ins. Try again in {_wait_text(wait)}.", wait)
+        user = await stores.users.authenticate(username, password) if username else None
+        if user is None:
+            known = await stores.users.get(username) is not None if username else False
+            _log.warning(
+                "login failed",
+                extra={"user": username if known else "(unknown user)", "client": address},
+            )
+            raise NotAuthenticated("The user name or the password is wrong.")
+        await stores.throttle.succeeded(username, address)
+        old = cookie_value(request, COOKIE, SECURE_COOKIE)
+        if old:
+            previous = await stores.sessions.load(old)
+            if previous is not None:
+                await stores.sessions.delete(previous)
+        token, _ = await stores.sessions.create(user.name, user.generation)
+        _log.info("login", extra={"user": user.name, "client": address})
+        return token
+
+    async def sign_out(self, who: Identity) -> None:
+        await self._open.sessions.delete(who.session)
+        _log.info("logout", extra={"user": who.name})

@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 document of the console's JSON API, written by hand.
 
+A test holds it to the mounted routes: every route documented, every
+documented operation routed.
+
 Bodies are the contracts' messages in the proto3 JSON mapping; their schemas
 name the message (``x-proto``) rather than repeat every field, since the
 ``.proto`` files are the reference and carry a comment on each field.
@@ -10,6 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 from typing import Any
+
+from services.gateway.admin.params import API_PREFIX
 
 _TENANT = {
     "name": "tenant",
@@ -107,7 +112,7 @@ def _document() -> dict[str, Any]:
             "needs the session's CSRF token (from GET /me) in the X-CSRF-Token header. Viewers "
             "read; admins also act (replay, hand-off, agent messages, retention, erasure).",
         },
-        "servers": [{"url": "/api/admin"}],
+        "servers": [{"url": API_PREFIX}],
         "security": [{"session": []}],
         "paths": {
             "/openapi.json": {

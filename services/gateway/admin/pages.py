@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
@@ -24,11 +23,10 @@ from services.gateway.admin.auth import (
     LOGIN_COOKIE,
     SECURE_COOKIE,
     SECURE_LOGIN_COOKIE,
+    Accounts,
     Identity,
     check_csrf,
     clear_cookie,
-    cookie_value,
-    same_origin,
     set_cookie,
 )
 from services.gateway.admin.errors import (
@@ -37,25 +35,25 @@ from services.gateway.admin.errors import (
     BadInput,
     CsrfRejected,
     LockedOut,
+    NotAuthenticated,
     NotFound,
 )
 from services.gateway.admin.guard import identity
-from services.gateway.admin.profiles import Profile
-from services.gateway.admin.service import (
-    DAY_SECONDS,
-    MAX_RETENTION_DAYS,
+from services.gateway.admin.params import (
+    API_PREFIX,
+    MAX_SEARCH_DAYS,
+    PAGES_PREFIX,
+    SEARCH_DAYS,
     ConversationFilter,
-    ExportFilter,
+    export_filter,
 )
+from services.gateway.admin.profiles import CustomerProfiles, Profile
+from services.gateway.admin.render import Renderer
+from services.gateway.admin.service import DAY_SECONDS, MAX_RETENTION_DAYS, ConsoleService
+from services.gateway.admin.settings import AdminSettings
 from services.gateway.admin.summaries import event_summary
 
-if TYPE_CHECKING:
-    from services.gateway.admin.app import AdminConsole
-
-API_PREFIX = "/api/admin"
-PAGES_PREFIX = "/admin"
 SECTIONS = ("conversations", "handoffs", "stats", "dead-letters", "training-data", "data")
-SEARCH_DAYS = 7
 NOTICES = {
     "signed-out": "You are signed out.",
     "taken": "You have this conversation now: the bot stays silent until you hand it back.",
@@ -77,19 +75,25 @@ _HEADINGS = {
 }
 
 
-def _wait_text(seconds: int) -> str:
-    if seconds < 120:
-        return f"{seconds} seconds"
-    return f"{-(-seconds // 60)} minutes"
-
-
 def _today() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 
 
 class Pages:
-    def __init__(self, console: AdminConsole) -> None:
-        self._console = console
+    def __init__(
+        self,
+        *,
+        service: ConsoleService,
+        profiles: CustomerProfiles,
+        renderer: Renderer,
+        settings: AdminSettings,
+        accounts: Accounts,
+    ) -> None:
+        self._service = service
+        self._profile_cache = profiles
+        self._renderer = renderer
+        self._settings = settings
+        self._accounts = accounts
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -123,7 +127,7 @@ class Pages:
     ) -> HTMLResponse:
         who = conn.scope.get("chatbot.admin.identity")
         done = conn.query_params.get("done", "")
-        body = self._console.renderer.page(
+        body = self._renderer.page(
             template,
             who=who,
             pages=PAGES_PREFIX,
@@ -163,7 +167,7 @@ class Pages:
 
     async def _profiles(self, tenant: str, users: list[event_pb2.UserRef]) -> dict[str, Profile]:
         """Names and pictures known by now; the page shows ids for the others."""
-        return await self._console.profiles.lookup(tenant, users)
+        return await self._profile_cache.lookup(tenant, users)
 
     @staticmethod
     def _redirect(path: str, **query: str) -> RedirectResponse:
@@ -206,92 +210,39 @@ class Pages:
             tenant="",
             section="",
         )
-        settings = self._console.settings
-        set_cookie(response, settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE), token, 3600)
+        set_cookie(
+            response, self._settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE), token, 3600
+        )
         return response
 
     async def login(self, request: Request) -> Response:
-        console = self._console
         form = await params.form(request)
         next_page = self._safe_next(form.get("next", ""))
         username = form.get("username", "").strip()[:64]
-        password = form.get("password", "")
-        expected = cookie_value(request, LOGIN_COOKIE, SECURE_LOGIN_COOKIE)
-        given = form.get("csrf_token", "")
-        if (
-            not same_origin(request)
-            or not expected
-            or not hmac.compare_digest(given.encode(), expected.encode())
-        ):
-            return self._login_page(
-                request,
-                next_page,
-                problem="The sign-in form expired; please try again.",
-                username=username,
-                status=403,
+        try:
+            token = await self._accounts.sign_in(
+                request, username, form.get("password", ""), form.get("csrf_token", "")
             )
-        address = request.client.host if request.client else "unknown"
-        auth = console.auth
-        # Charged before the password is checked, so parallel guesses are counted too.
-        verdict = await auth.throttle.attempt(username, address)
-        if not verdict.allowed:
-            _log.warning(
-                "login refused: too many attempts",
-                extra={"client": address, "reason": verdict.outcome},
-            )
+        except (CsrfRejected, LockedOut, NotAuthenticated) as exc:
             refused = self._login_page(
-                request,
-                next_page,
-                problem=(
-                    "Too many failed sign-ins. "
-                    f"Try again in {_wait_text(verdict.retry_after_seconds)}."
-                ),
-                username=username,
-                status=LockedOut.status,
+                request, next_page, problem=str(exc), username=username, status=exc.status
             )
-            refused.headers["Retry-After"] = str(verdict.retry_after_seconds)
+            if isinstance(exc, LockedOut):
+                refused.headers["Retry-After"] = str(exc.retry_after)
             return refused
-        user = await auth.users.authenticate(username, password) if username else None
-        if user is None:
-            known = await auth.users.get(username) is not None if username else False
-            _log.warning(
-                "login failed",
-                extra={"user": username if known else "(unknown user)", "client": address},
-            )
-            return self._login_page(
-                request,
-                next_page,
-                problem="The user name or the password is wrong.",
-                username=username,
-                status=401,
-            )
-        await auth.throttle.succeeded(username, address)
-        old = cookie_value(request, COOKIE, SECURE_COOKIE)
-        if old:
-            previous = await auth.sessions.load(old)
-            if previous is not None:
-                await auth.sessions.delete(previous)
-        token, _ = await auth.sessions.create(user.name, user.generation)
-        _log.info("login", extra={"user": user.name, "client": address})
         response = RedirectResponse(next_page, status_code=303)
-        set_cookie(
-            response,
-            console.settings,
-            request,
-            (COOKIE, SECURE_COOKIE),
-            token,
-            console.settings.session_max_seconds,
-        )
-        clear_cookie(response, console.settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE))
+        settings = self._settings
+        cookie = (COOKIE, SECURE_COOKIE)
+        set_cookie(response, settings, request, cookie, token, settings.session_max_seconds)
+        clear_cookie(response, settings, request, (LOGIN_COOKIE, SECURE_LOGIN_COOKIE))
         return response
 
     async def logout(self, request: Request) -> Response:
         who = identity(request)
         await self._post_form(request, who)
-        await self._console.auth.sessions.delete(who.session)
-        _log.info("logout", extra={"user": who.name})
+        await self._accounts.sign_out(who)
         response = self._redirect("/login", done="signed-out")
-        clear_cookie(response, self._console.settings, request, (COOKIE, SECURE_COOKIE))
+        clear_cookie(response, self._settings, request, (COOKIE, SECURE_COOKIE))
         return response
 
     async def home(self, request: Request) -> Response:
@@ -309,8 +260,6 @@ class Pages:
         who, tenant = self._tenant(request)
         q = params.query(request)
         words = params.text(q, "q", limit=200)
-        start = params.when(q, "start")
-        end = params.when(q, "end", end=True)
         channel = params.channel(q)
         token = params.text(q, "page_token", limit=4096)
         args = {k: v for k, v in q.items() if k != "done" and v}
@@ -324,16 +273,17 @@ class Pages:
             "fallback": params.flag(q, "fallback"),
             "handed_off": params.text(q, "handed_off"),
         }
-        service = self._console.service
+        service = self._service
         if words:
-            end = end or dt.datetime.now(dt.timezone.utc)
-            note = ""
-            if start is None:
-                start = end - dt.timedelta(days=SEARCH_DAYS)
+            window = params.search_window(q)
+            start, end, note = window.start, window.end, ""
+            if window.defaulted:
                 note = f"Searching the {SEARCH_DAYS} days before {end:%Y-%m-%d %H:%M} UTC."
-            if end - start > dt.timedelta(days=31):
-                start = end - dt.timedelta(days=31)
-                note = f"Text search covers at most 31 days: from {start:%Y-%m-%d} on."
+            if end - start > dt.timedelta(days=MAX_SEARCH_DAYS):
+                start = end - dt.timedelta(days=MAX_SEARCH_DAYS)
+                note = (
+                    f"Text search covers at most {MAX_SEARCH_DAYS} days: from {start:%Y-%m-%d} on."
+                )
             found = await service.search(who, tenant, words, start, end, channel, token, 50)
             return self._html(
                 request,
@@ -348,8 +298,8 @@ class Pages:
             )
         where = ConversationFilter(
             channel=channel,
-            start=start,
-            end=end,
+            start=params.when(q, "start"),
+            end=params.when(q, "end", end=True),
             intent=str(form["intent"] or ""),
             fallback_only=bool(form["fallback"]),
             handed_off=params.flag(q, "handed_off"),
@@ -371,7 +321,7 @@ class Pages:
     async def handoffs(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         token = params.text(params.query(request), "page_token", limit=4096)
-        listing = await self._console.service.conversations(
+        listing = await self._service.conversations(
             who, tenant, ConversationFilter(handed_off=True), token, 50
         )
         return self._html(
@@ -390,7 +340,7 @@ class Pages:
         if not conversation_id:
             raise BadInput("which conversation? (id is missing)")
         before = params.text(q, "before", limit=4096)
-        service = self._console.service
+        service = self._service
         page = await service.messages(who, tenant, conversation_id, before, 100)
         messages = list(reversed(page.messages))
         if not messages:
@@ -430,7 +380,7 @@ class Pages:
         on = params.flag(form, "handed_off")
         if on is None:
             raise BadInput("handed_off must be true or false")
-        await self._console.service.set_handoff(
+        await self._service.set_handoff(
             who,
             tenant,
             params.channel(form),
@@ -447,7 +397,7 @@ class Pages:
     async def reply(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         form = await self._post_form(request, who)
-        await self._console.service.send_agent_message(
+        await self._service.send_agent_message(
             who,
             tenant,
             params.channel(form),
@@ -474,7 +424,7 @@ class Pages:
             today + dt.timedelta(days=1), dt.time(), dt.timezone.utc
         )
         channel = params.channel(q)
-        found = await self._console.service.stats(who, tenant, start, end, channel)
+        found = await self._service.stats(who, tenant, start, end, channel)
         return self._html(
             request,
             "stats.html",
@@ -493,7 +443,7 @@ class Pages:
     async def dead_letters(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         token = params.text(params.query(request), "page_token", limit=4096)
-        listing = await self._console.service.dead_letters(who, tenant, token, 50)
+        listing = await self._service.dead_letters(who, tenant, token, 50)
         return self._html(
             request,
             "dead_letters.html",
@@ -506,9 +456,7 @@ class Pages:
     async def replay(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         form = await self._post_form(request, who)
-        await self._console.service.replay(
-            who, tenant, params.text(form, "dead_letter_id", limit=400)
-        )
+        await self._service.replay(who, tenant, params.text(form, "dead_letter_id", limit=400))
         return self._redirect(f"/t/{tenant}/dead-letters", done="replayed")
 
     async def training(self, request: Request) -> Response:
@@ -516,7 +464,7 @@ class Pages:
         q = params.query(request)
         where = export_filter(q)
         export: chatlog_pb.ExportTrainingDataResponse | None = None
-        export = await self._console.service.export(who, tenant, where)
+        export = await self._service.export(who, tenant, where)
         return self._html(
             request,
             "training.html",
@@ -535,7 +483,7 @@ class Pages:
     async def data(self, request: Request) -> Response:
         who, tenant = self._tenant(request)
         who.require_admin()
-        policy = await self._console.service.retention(who, tenant)
+        policy = await self._service.retention(who, tenant)
         q = params.query(request)
         erased = None
         if q.get("done") == "erased":
@@ -562,7 +510,7 @@ class Pages:
         days = params.integer(form, "days", -1, 0, MAX_RETENTION_DAYS)
         if days < 0:
             raise BadInput("days is required (0 keeps messages until deleted)")
-        await self._console.service.set_retention(who, tenant, days)
+        await self._service.set_retention(who, tenant, days)
         return self._redirect(f"/t/{tenant}/data", done="retention-set")
 
     async def erase(self, request: Request) -> Response:
@@ -575,7 +523,7 @@ class Pages:
             raise BadInput("which customer? (user_id is missing)")
         channel = params.channel(form)
         confirm = params.text(form, "confirm", limit=400)
-        service = self._console.service
+        service = self._service
         if confirm != user_id:
             found = await service.conversations(
                 who, tenant, ConversationFilter(channel=channel, user_id=user_id), "", 50
@@ -602,21 +550,3 @@ class Pages:
             messages=str(result.deleted_message_count),
             conversations=str(result.deleted_conversation_count),
         )
-
-
-def export_filter(q: dict[str, str]) -> ExportFilter:
-    low = params.number(q, "min_confidence", 0.0, 1.0)
-    high = params.number(q, "max_confidence", 0.0, 1.0)
-    if low is not None and high is not None and low > high:
-        raise BadInput("the minimum confidence is above the maximum")
-    return ExportFilter(
-        start=params.when(q, "start"),
-        end=params.when(q, "end", end=True),
-        intents=[i.strip() for i in params.text(q, "intents").split(",") if i.strip()],
-        min_confidence=low,
-        max_confidence=high,
-        limit=params.integer(q, "limit", 200, 1, 10_000),
-    )
-
-
-__all__ = ["API_PREFIX", "PAGES_PREFIX", "CsrfRejected", "Pages", "export_filter"]

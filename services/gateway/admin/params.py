@@ -1,10 +1,15 @@
-"""Reading what a page or API call asks for: query strings and small forms."""
+"""Reading what a page or API call asks for: query strings and small forms.
+
+The pages and the API read the same questions the same way: the filters the
+console's service takes, the text search's window, and where both are mounted.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from chatbot.common.v1 import event_pb2
@@ -13,6 +18,10 @@ from starlette.requests import Request
 
 from services.gateway.admin.errors import BadInput
 
+API_PREFIX = "/api/admin"
+PAGES_PREFIX = "/admin"
+SEARCH_DAYS = 7  # a text search without a start looks this far back
+MAX_SEARCH_DAYS = 31  # the longest window the pages search at once
 MAX_FORM_BYTES = 64 * 1024
 CHANNELS: Mapping[str, int] = {
     "messenger": event_pb2.CHANNEL_MESSENGER,
@@ -134,3 +143,55 @@ def _scalar(value: object) -> str:
     if isinstance(value, (int, float, str)):
         return str(value)
     raise BadInput("the body's values must be strings, numbers or booleans")
+
+
+@dataclass(frozen=True)
+class ConversationFilter:
+    channel: int = event_pb2.CHANNEL_UNSPECIFIED
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    intent: str = ""
+    fallback_only: bool = False
+    handed_off: bool | None = None
+    user_id: str = ""
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    intents: Sequence[str] = ()
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    limit: int = 0
+
+
+def export_filter(q: Mapping[str, str]) -> ExportFilter:
+    low = number(q, "min_confidence", 0.0, 1.0)
+    high = number(q, "max_confidence", 0.0, 1.0)
+    if low is not None and high is not None and low > high:
+        raise BadInput("the minimum confidence is above the maximum")
+    return ExportFilter(
+        start=when(q, "start"),
+        end=when(q, "end", end=True),
+        intents=[i.strip() for i in text(q, "intents").split(",") if i.strip()],
+        min_confidence=low,
+        max_confidence=high,
+        limit=integer(q, "limit", 200, 1, 10_000),
+    )
+
+
+@dataclass(frozen=True)
+class SearchWindow:
+    start: dt.datetime
+    end: dt.datetime
+    defaulted: bool  # no start was given: the last SEARCH_DAYS before ``end``
+
+
+def search_window(q: Mapping[str, str]) -> SearchWindow:
+    """``start`` and ``end`` of a text search; by default the SEARCH_DAYS up to now."""
+    end = when(q, "end", end=True) or dt.datetime.now(dt.timezone.utc)
+    start = when(q, "start")
+    if start is None:
+        return SearchWindow(end - dt.timedelta(days=SEARCH_DAYS), end, defaulted=True)
+    return SearchWindow(start, end, defaulted=False)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import grpc
@@ -37,14 +36,13 @@ from services.gateway.admin.errors import (
     Conflict,
     NotFound,
 )
-from services.gateway.admin.params import timestamp
+from services.gateway.admin.params import ConversationFilter, ExportFilter, timestamp
 from services.gateway.admin.profiles import CustomerProfiles
 from services.gateway.admin.settings import AdminSettings
 
 _T = TypeVar("_T")
 _log = get_logger("gateway.admin")
 _audit = get_logger("gateway.admin.audit")
-MAX_SEARCH_DAYS = 31
 MAX_RETENTION_DAYS = 20 * 366  # longer policies are stored as "20 years" by the chatlog
 DAY_SECONDS = 86400
 MAX_STATS_DAYS = 366
@@ -73,27 +71,6 @@ async def rpc(call: Awaitable[_T]) -> _T:
         if not isinstance(error, (BadInput, NotFound, Conflict)):
             _log.warning("backend call failed", extra={"code": exc.code().name})
         raise error from exc
-
-
-@dataclass(frozen=True)
-class ConversationFilter:
-    channel: int = event_pb2.CHANNEL_UNSPECIFIED
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    intent: str = ""
-    fallback_only: bool = False
-    handed_off: bool | None = None
-    user_id: str = ""
-
-
-@dataclass(frozen=True)
-class ExportFilter:
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    intents: Sequence[str] = ()
-    min_confidence: float | None = None
-    max_confidence: float | None = None
-    limit: int = 0
 
 
 def user_ref(tenant_id: str, channel: int, user_id: str) -> event_pb2.UserRef:
