@@ -25,8 +25,8 @@ from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
 from harness.events import message_event
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import REPO, ServiceProcess, free_port
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 
 TEXTS = ["hello", "thanks a lot", "what are your opening hours", "bye", "help me please"]
 

@@ -28,8 +28,8 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as dialogue_pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.standins import GraphApi, KeywordNlu
 from harness.support import REPO, ServiceProcess, free_port
-from tests.dialogue.standins import GraphApi, KeywordNlu
 
 PYTHONPATH = f"{REPO}:{REPO / 'build' / 'gen' / 'py'}"
 SERVING = health_pb2.HealthCheckResponse.SERVING

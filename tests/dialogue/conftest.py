@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2
 
 from harness.events import TENANT, message_event
 from harness.redis_servers import RedisCluster, RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import REPO, ServiceProcess, free_port
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -15,9 +15,9 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, RecordingChatlog
 from services.dialogue.keys import UserId, UserKeys
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi, RecordingChatlog
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS

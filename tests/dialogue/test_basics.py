@@ -14,9 +14,9 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import free_port, scrape, wait_for_samples
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 
 ACCEPTED = pb.SUBMIT_STATUS_ACCEPTED
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE

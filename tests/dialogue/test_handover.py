@@ -18,11 +18,11 @@ from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 
+from harness.standins import GraphApi, RecordingChatlog
 from mesh.config import ConfigError, Env
 from mesh.tenants import PAGE_INBOX_APP_ID, Tenant, Tenants
 from services.dialogue import handover
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi, RecordingChatlog
 
 INBOX = PAGE_INBOX_APP_ID
 OUR_APP = "1111"  # the stand-in's id for this bot's app

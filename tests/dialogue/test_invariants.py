@@ -18,9 +18,9 @@ from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import free_port, wait_for_samples
 from tests.dialogue.conftest import TENANT, Replicas, message_event, settled, submit, wait_for
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 
 pytestmark = pytest.mark.slow
 

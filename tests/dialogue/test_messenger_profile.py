@@ -22,6 +22,7 @@ from chatbot.common.v1 import event_pb2
 from typer.testing import CliRunner, Result
 
 from cli.messenger_profile import messenger_profile_app
+from harness.standins import GraphApi
 from harness.support import free_port
 from mesh.config import ConfigError
 from mesh.tenants import Tenant
@@ -30,7 +31,6 @@ from services.dialogue.domain import DEFAULT_DOMAIN, load_domain
 from services.dialogue.http import HttpClient
 from services.dialogue.messenger_profile import parse_messenger_profile
 from tests.dialogue.conftest import Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi
 
 TOKEN = "EAAGpagetokenPROFILE0123456789"
 SECRET = "app-secret-for-profile-tests"

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi
 from services.dialogue.keys import UserId, UserKeys
 from services.dialogue.store import (
     DialogueStore,
@@ -28,7 +29,6 @@ from services.dialogue.store import (
     SubmitStatus,
 )
 from tests.dialogue.conftest import Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi
 
 DUPLICATE = pb.SUBMIT_STATUS_DUPLICATE
 

@@ -14,11 +14,11 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from chatbot.dialogue.v1 import dialogue_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from harness.standins import GraphApi
 from harness.support import health_status
 from mesh import ConfigError, Env
 from services.dialogue.settings import DialogueSettings
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi
 
 
 def _state(stub: dialogue_service_pb2_grpc.DialogueServiceStub, user: str) -> pb.ConversationState:

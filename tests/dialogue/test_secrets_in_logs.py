@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.standins import GraphApi
 from harness.support import REPO
 from mesh.logging import redact
-from tests.dialogue.standins import GraphApi
 
 TOKEN = "EAAGpagetokenSECRET0123456789"
 CITY = "Privateville-4711"

@@ -17,12 +17,12 @@ import pytest
 from chatbot.common.v1 import event_pb2
 from prometheus_client import REGISTRY
 
+from harness.standins import GraphApi
 from harness.support import free_port
 from mesh.tenants import Tenant
 from services.dialogue.breaker import BreakerState, SendBreaker
 from services.dialogue.channels import MessengerChannel, SendError, SendHeld
 from services.dialogue.http import HttpClient
-from tests.dialogue.standins import GraphApi
 
 TENANT = Tenant(id="default", page_access_token="page-token-for-channel-tests")
 

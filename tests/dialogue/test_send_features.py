@@ -12,10 +12,10 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
+from harness.standins import GraphApi, RecordingChatlog
 from mesh.config import ConfigError
 from services.dialogue.domain import load_domain
 from tests.dialogue.conftest import TENANT, Replicas, message_event, settled, submit, wait_for
-from tests.dialogue.standins import GraphApi, RecordingChatlog
 
 LONG = " ".join(f"word{i}" for i in range(500))  # about 3,900 characters
 

@@ -17,10 +17,10 @@ import redis
 import redis.asyncio as aioredis
 
 from harness.redis_servers import RedisCluster, RedisServer
+from harness.standins import GraphApi, RecordingChatlog
 from services.dialogue.keys import ShardKeys, UserId, shard_of
 from services.dialogue.store import DialogueStore, QueueItem, StoreSettings
 from tests.dialogue.conftest import Replicas, wait_for
-from tests.dialogue.standins import GraphApi, RecordingChatlog
 from tests.dialogue.test_invariants import play
 
 

@@ -15,9 +15,9 @@ from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from harness.standins import GraphApi
 from harness.support import free_port
 from tests.dialogue.conftest import Replicas, message_event, wait_for
-from tests.dialogue.standins import GraphApi
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):

@@ -6,9 +6,9 @@ import pytest
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
+from harness.standins import GraphApi, RecordingChatlog
 from harness.support import ServiceProcess
 from tests.dialogue.conftest import TENANT, Replicas, message_event, submit, wait_for
-from tests.dialogue.standins import GraphApi, RecordingChatlog
 
 pytestmark = pytest.mark.slow
 

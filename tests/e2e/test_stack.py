@@ -29,11 +29,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from cli.graph_standin import GraphStandIn
 from cli.simulate import simulate
+from harness.redis_servers import RedisServer
+from harness.support import REPO, free_port
 from services.gateway.messenger.signature import sign
 from tests.dialogue.test_tracing import Collector
 from tests.nlu_process import nlu_python
-from tests.redis_servers import RedisServer
-from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import redis
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog, _KeywordNluServicer
 from harness.support import REPO, free_port
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog, _KeywordNluServicer
 
 PYTHONPATH = f"{REPO}:{REPO / 'build' / 'gen' / 'py'}"
 TENANT = "default"

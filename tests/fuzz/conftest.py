@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu
 from harness.support import REPO, ServiceProcess, free_port
 from services.chatlog.settings import ChatlogSettings
 from tests.chatlog.harness import TOKEN_SECRET, Harness
-from tests.dialogue.standins import GraphApi, KeywordNlu
 from tests.fuzz.dialogue_checks import SERVING, DialogueUnderFuzz
 
 TENANT = "default"

@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import ServiceProcess, free_port
-from tests.dialogue.standins import GraphApi, KeywordNlu, RecordingChatlog
 from tests.gateway.conftest import gateway_env
 from tests.gateway.harness import PYTHONPATH, Gateway, payload
 

@@ -40,7 +40,7 @@ from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tests.support import free_port
+from harness.support import free_port
 
 
 @dataclass
