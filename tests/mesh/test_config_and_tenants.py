@@ -32,13 +32,20 @@ def test_env_types_and_errors(tmp_path: Path) -> None:
 
 def test_single_tenant_from_the_environment() -> None:
     tenants = Tenants.from_env(
-        Env({"MESSENGER_APP_SECRET": "app", "MESSENGER_VERIFY_TOKEN": "v", "API_KEYS": "k1, k2"})
+        Env(
+            {
+                "MESSENGER_APP_SECRET": "app-secret-41",
+                "MESSENGER_VERIFY_TOKEN": "verify-token-42",
+                "API_KEYS": "key-one-43, key-two-44",
+            }
+        )
     )
     (tenant,) = list(tenants)
     assert tenant.id == "default"
-    assert tenant.app_secret == "app"
-    assert tenant.api_keys == ("k1", "k2")
-    assert "app" not in repr(tenant)
+    assert tenant.app_secret == "app-secret-41"
+    assert tenant.api_keys == ("key-one-43", "key-two-44")
+    for secret in ("app-secret-41", "verify-token-42", "key-one-43", "key-two-44"):
+        assert secret not in repr(tenant)
 
 
 def test_tenants_file_expands_references_and_reads_secret_files(tmp_path: Path) -> None:
