@@ -108,7 +108,7 @@ class MessengerProfileClient:
     """The Messenger Profile API for one tenant's page; ``http`` may carry any transport."""
 
     def __init__(self, http: httpx.Client, graph_api_url: str, tenant: Tenant) -> None:
-        from services.dialogue.channels import graph_params
+        from mesh.graph import graph_params
 
         self._http = http
         self._url = graph_api_url.rstrip("/") + PATH
@@ -322,7 +322,7 @@ def _print_changes(changes: list[Any], domain_path: Path) -> None:
 
 
 def _graph_url(value: str | None) -> str:
-    from services.dialogue.channels import DEFAULT_GRAPH_API_URL
+    from mesh.graph import DEFAULT_GRAPH_API_URL
 
     return value or DEFAULT_GRAPH_API_URL
 

@@ -18,9 +18,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import hmac
 import json
 import time
 from collections.abc import Mapping
@@ -29,6 +27,7 @@ from typing import Protocol
 from chatbot.common.v1 import event_pb2
 
 from mesh import get_logger
+from mesh.graph import DEFAULT_GRAPH_API_URL, graph_headers, graph_params
 from mesh.tenants import Tenant
 from services.dialogue import metrics
 from services.dialogue.breaker import BreakerState, SendBreaker
@@ -38,7 +37,6 @@ _log = get_logger("dialogue.channels")
 
 TEXT_LIMIT = 2000
 BUTTON_TEXT_LIMIT = 640  # the text of a button template
-DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v21.0"
 # Meta's temporary errors: rate limits (613, 4), temporary (2), send failure (1200).
 _RETRY_CODES = {2, 4, 613, 1200}
 
@@ -162,25 +160,6 @@ def _messages(reply: event_pb2.Reply) -> list[dict[str, object]]:
     return messages
 
 
-def _auth(tenant: Tenant) -> dict[str, str]:
-    # In a header, not the query string: URLs end up in logs, proxies and traces.
-    return {"Authorization": f"Bearer {tenant.page_access_token}"}
-
-
-@functools.lru_cache(maxsize=256)
-def appsecret_proof(app_secret: str, access_token: str) -> str:
-    """HMAC-SHA256 of the token under the app secret, hex: Graph calls carry it so that a
-    leaked token is useless without the secret (required once the app enables it)."""
-    return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
-
-
-def graph_params(tenant: Tenant) -> dict[str, str]:
-    """Query parameters of every Graph call: the proof, when the app secret is known."""
-    if not (tenant.app_secret and tenant.page_access_token):
-        return {}
-    return {"appsecret_proof": appsecret_proof(tenant.app_secret, tenant.page_access_token)}
-
-
 # Kept back from the deadline for the steps after a send (marking it sent).
 _MARGIN_S = 0.25
 # An attempt with less time than this is not worth starting.
@@ -269,7 +248,7 @@ class MessengerChannel:
         return await self._client.request(
             "POST",
             self._url,
-            headers=_auth(tenant),
+            headers=graph_headers(tenant),
             params=graph_params(tenant),
             json_body=body,
             timeout=timeout,
@@ -306,7 +285,7 @@ class MessengerChannel:
                 "GET",
                 self._probe_url,
                 params={"fields": "id", **graph_params(tenant)},
-                headers=_auth(tenant),
+                headers=graph_headers(tenant),
                 timeout=timeout_s,
             )
         except HttpError:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from chatbot.common.v1 import event_pb2
 
 from mesh import get_logger
+from mesh.graph import DEFAULT_GRAPH_API_URL, graph_headers, graph_params
 from mesh.tenants import Tenant
-from services.dialogue.channels import DEFAULT_GRAPH_API_URL, _auth, graph_params
 from services.dialogue.http import HttpClient, MaybeSent, NotSent
 from services.dialogue.keys import UserId
 from services.dialogue.store import DialogueStore, Head, Lease
@@ -151,7 +151,7 @@ class ThreadControl:
                 response = await self._client.request(
                     "POST",
                     f"{self._base}/me/{edge}",
-                    headers=_auth(tenant),
+                    headers=graph_headers(tenant),
                     params=graph_params(tenant),
                     json_body=body,
                     timeout=timeout,

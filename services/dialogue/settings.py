@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mesh import ConfigError, Env, get_logger
-from services.dialogue.channels import DEFAULT_GRAPH_API_URL
+from mesh.graph import DEFAULT_GRAPH_API_URL
 from services.dialogue.store import StoreSettings
 from services.dialogue.worker import WorkerSettings
 

@@ -324,7 +324,8 @@ def test_erase_user_says_what_became_of_the_cached_profile(stack: Stack) -> None
 
 def test_settings_ask_meta_unless_told_not_to() -> None:
     from mesh import ConfigError, Env
-    from services.gateway.admin.settings import DEFAULT_GRAPH_API_URL, AdminSettings
+    from mesh.graph import DEFAULT_GRAPH_API_URL
+    from services.gateway.admin.settings import AdminSettings
 
     assert AdminSettings.from_env(Env({})).graph_api_url == DEFAULT_GRAPH_API_URL
     assert AdminSettings.from_env(Env({"ADMIN_PROFILES": "false"})).graph_api_url == ""

@@ -25,8 +25,9 @@ from cli.messenger_profile import messenger_profile_app
 from harness.standins import GraphApi
 from harness.support import free_port
 from mesh.config import ConfigError
+from mesh.graph import appsecret_proof
 from mesh.tenants import Tenant
-from services.dialogue.channels import MessengerChannel, SendError, appsecret_proof
+from services.dialogue.channels import MessengerChannel, SendError
 from services.dialogue.domain import DEFAULT_DOMAIN, load_domain
 from services.dialogue.http import HttpClient
 from services.dialogue.messenger_profile import parse_messenger_profile

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from chatbot.common.v1 import event_pb2
 from redis.exceptions import RedisError
 
 from mesh import get_logger
+from mesh.graph import graph_headers, graph_params
 from mesh.logging import hashed
 from mesh.tenants import Tenant, Tenants
 from services.gateway.admin.backends import Backends
@@ -77,10 +76,6 @@ def cache_key(prefix: str, tenant_id: str, user_id: str) -> str:
 async def forget_profile(redis: RedisClient, prefix: str, tenant_id: str, user_id: str) -> bool:
     """Deletes one customer's cached profile; True if there was one."""
     return bool(await redis.delete(cache_key(prefix, tenant_id, user_id)))
-
-
-def appsecret_proof(app_secret: str, access_token: str) -> str:
-    return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
 
 
 def _text(value: Any, limit: int) -> str:
@@ -291,14 +286,12 @@ class CustomerProfiles:
     async def _fetch(self, tenant: Tenant, user_id: str) -> Profile | None:
         assert self._http is not None
         url = f"{self._settings.graph_api_url.rstrip('/')}/{quote(user_id, safe='')}"
-        query = {"fields": FIELDS}
-        if tenant.app_secret:
-            query["appsecret_proof"] = appsecret_proof(tenant.app_secret, tenant.page_access_token)
+        query = {"fields": FIELDS, **graph_params(tenant)}
         try:
             answer = await self._http.get(
                 url,
                 params=query,
-                headers={"Authorization": f"Bearer {tenant.page_access_token}"},
+                headers=graph_headers(tenant),
             )
         except httpx.TimeoutException as exc:
             raise _Transient("timeout") from exc

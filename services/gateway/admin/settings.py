@@ -31,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh import ConfigError, Env
+from mesh.graph import DEFAULT_GRAPH_API_URL
 
 COOKIE_SECURE_MODES = ("auto", "true", "false")
-DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v21.0"
 
 
 @dataclass(frozen=True)
