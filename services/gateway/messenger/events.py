@@ -39,6 +39,7 @@ from chatbot.common.v1 import event_pb2 as ev
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mesh.tenants import Tenant
+from mesh.timestamps import timestamp_ms
 
 # Messenger's kinds, in the order they are looked for in an event.
 KINDS = (
@@ -151,12 +152,6 @@ def _millis(value: Any) -> int | None:
     if not isinstance(value, int) or not 0 <= value <= _MAX_MILLIS:
         return None
     return value
-
-
-def _timestamp(millis: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(millis)
-    return stamp
 
 
 def canonical_json(value: Any) -> str:
@@ -297,13 +292,13 @@ def _fill_kind(event: ev.ChatEvent, kind: str, body: Mapping[str, Any]) -> None:
         )
         watermark = _millis(body.get("watermark"))
         if watermark is not None:
-            delivery.watermark_time.CopyFrom(_timestamp(watermark))
+            delivery.watermark_time.CopyFrom(timestamp_ms(watermark))
         event.delivery.CopyFrom(delivery)
     elif kind == "read":
         read = ev.Read()
         watermark = _millis(body.get("watermark"))
         if watermark is not None:
-            read.watermark_time.CopyFrom(_timestamp(watermark))
+            read.watermark_time.CopyFrom(timestamp_ms(watermark))
         event.read.CopyFrom(read)
     elif kind == "optin":
         event.optin.CopyFrom(
@@ -374,7 +369,7 @@ def build_event(
         recipient_id=_ident(_dict(raw.get("sender" if echo else "recipient")).get("id")) or page_id,
         standby=standby,
     )
-    event.event_time.CopyFrom(_timestamp(millis if millis is not None else fallback_millis))
+    event.event_time.CopyFrom(timestamp_ms(millis if millis is not None else fallback_millis))
     event.receive_time.CopyFrom(receive_time)
     if known:
         _fill_kind(event, kind, body)
