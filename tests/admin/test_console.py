@@ -7,11 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import yaml
+from chatbot.common.v1 import event_pb2
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
@@ -397,10 +399,10 @@ def test_openapi_documents_every_api_route_and_only_those(client: TestClient) ->
 
 
 def test_a_service_down_is_a_clear_503(make_client: object, stack: Stack) -> None:
+    from harness.support import free_port
     from mesh.tenants import Tenants
     from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
     from tests.admin.conftest import SETTINGS
-    from tests.support import free_port
 
     console = create_admin_app(
         SETTINGS,
@@ -415,3 +417,64 @@ def test_a_service_down_is_a_clear_503(make_client: object, stack: Stack) -> Non
         assert client.get("/api/admin/tenants/acme/conversations").json()["error"] == (
             "unavailable"
         )
+
+
+def test_transcript_shows_how_far_each_reply_got_and_who_owns_the_thread(
+    client: TestClient, stack: Stack
+) -> None:
+    user_id = _user()
+    conversation = stack.talk("acme", user_id)
+    signed_in(client, "ann")
+
+    def replies() -> list[str]:
+        html = client.get("/admin/t/acme/conversation", params={"id": conversation}).text
+        return re.findall(r'<span class="badge delivery delivery-\d"[^>]*>(\w+)</span>', html)
+
+    assert replies() == ["Sent"]
+    read = event_pb2.ChatEvent(
+        event_id=f"read:{user_id}",
+        user=event_pb2.UserRef(
+            tenant_id="acme", channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
+        ),
+        read=event_pb2.Read(),
+    )
+    read.read.watermark_time.FromMilliseconds(int(time.time() * 1000) + 1000)
+    stack.submit(read)
+    wait_for(lambda: replies() == ["Read"], what="the read receipt on the reply")
+
+    # Messenger refuses to pass the thread: the bot is silent all the same, and
+    # the console says what Messenger answered.
+    def refuse(edge: str, body: dict[str, object]) -> tuple[int, dict[str, object]] | None:
+        if edge != "pass_thread_control":
+            return None
+        error = {"message": "(#10) This message is sent outside of allowed window.",
+                 "code": 10, "error_subcode": 2018278, "type": "OAuthException"}  # fmt: skip
+        return 400, {"error": error}
+
+    stack.graph.thread_rule = refuse
+    try:
+        csrf = signed_in(client, "ann")
+        taken = client.post(
+            "/api/admin/tenants/acme/handoff",
+            json={"channel": "messenger", "user_id": user_id, "handed_off": True},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert taken.status_code == 200
+    finally:
+        stack.graph.thread_rule = None
+    html = client.get("/admin/t/acme/conversation", params={"id": conversation}).text
+    assert 'id="thread-error"' in html and "outside of allowed window" in html
+    released = client.post(
+        "/api/admin/tenants/acme/handoff",
+        json={"channel": "messenger", "user_id": user_id, "handed_off": False},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert released.status_code == 200
+    taken = client.post(
+        "/api/admin/tenants/acme/handoff",
+        json={"channel": "messenger", "user_id": user_id, "handed_off": True},
+        headers={"X-CSRF-Token": csrf},
+    )
+    html = client.get("/admin/t/acme/conversation", params={"id": conversation}).text
+    assert 'id="thread-error"' not in html
+    assert "On Messenger the conversation is with the Page Inbox" in html
