@@ -424,7 +424,7 @@ def test_transcript_shows_how_far_each_reply_got_and_who_owns_the_thread(
 ) -> None:
     user_id = _user()
     conversation = stack.talk("acme", user_id)
-    signed_in(client, "ann")
+    csrf = signed_in(client, "ann")
 
     def replies() -> list[str]:
         html = client.get("/admin/t/acme/conversation", params={"id": conversation}).text
@@ -453,7 +453,6 @@ def test_transcript_shows_how_far_each_reply_got_and_who_owns_the_thread(
 
     stack.graph.thread_rule = refuse
     try:
-        csrf = signed_in(client, "ann")
         taken = client.post(
             "/api/admin/tenants/acme/handoff",
             json={"channel": "messenger", "user_id": user_id, "handed_off": True},

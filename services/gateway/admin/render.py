@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from mesh.tenants import PAGE_INBOX_APP_ID
 from services.gateway.admin.params import CHANNEL_NAMES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -36,6 +37,11 @@ TYPE_LABELS = {
     chatlog_pb.MESSAGE_TYPE_QUICK_REPLY: "Quick reply",
     chatlog_pb.MESSAGE_TYPE_REACTION: "Reaction",
     chatlog_pb.MESSAGE_TYPE_SYSTEM: "Event",
+}
+DELIVERY_LABELS = {
+    chatlog_pb.DELIVERY_STATUS_SENT: "Sent",
+    chatlog_pb.DELIVERY_STATUS_DELIVERED: "Delivered",
+    chatlog_pb.DELIVERY_STATUS_READ: "Read",
 }
 AUTHOR_LABELS = {
     chatlog_pb.AUTHOR_USER: "User",
@@ -129,6 +135,8 @@ def _environment() -> Environment:
     env.globals.update(
         TYPE_LABELS=TYPE_LABELS,
         AUTHOR_LABELS=AUTHOR_LABELS,
+        DELIVERY_LABELS=DELIVERY_LABELS,
+        PAGE_INBOX_APP_ID=PAGE_INBOX_APP_ID,
         chatlog_pb=chatlog_pb,
         event_pb2=event_pb2,
         query_string=query_string,
