@@ -129,15 +129,22 @@ def confidence(value: float, name: str) -> float:
     return value
 
 
-def message(index: int, msg: pb.ChatMessage, tenants: Tenants, limits: Limits) -> None:
-    """A message AppendMessages can store; the error names ``messages[index].field``."""
-    where = f"messages[{index}]."
+def _conversation(
+    msg: pb.ChatMessage | pb.Receipt, where: str, tenants: Tenants, limits: Limits
+) -> None:
+    """The user (tenant, channel, id) and the conversation a record names."""
     if not msg.HasField("user"):
         raise InvalidArgument(f"{where}user is required")
     tenant(tenants, msg.user.tenant_id, f"{where}user.tenant_id")
     channel(msg.user.channel, f"{where}user.channel", required=True)
     identifier(msg.user.user_id, f"{where}user.user_id", limits)
     identifier(msg.conversation_id, f"{where}conversation_id", limits)
+
+
+def message(index: int, msg: pb.ChatMessage, tenants: Tenants, limits: Limits) -> None:
+    """A message AppendMessages can store; the error names ``messages[index].field``."""
+    where = f"messages[{index}]."
+    _conversation(msg, where, tenants, limits)
     identifier(msg.message_id, f"{where}message_id", limits)
     direction(msg.direction, f"{where}direction")
     if msg.direction == pb.DIRECTION_UNSPECIFIED:
@@ -180,12 +187,7 @@ def message(index: int, msg: pb.ChatMessage, tenants: Tenants, limits: Limits) -
 def receipt(index: int, msg: pb.Receipt, tenants: Tenants, limits: Limits) -> None:
     """A receipt AppendMessages can record; the error names ``receipts[index].field``."""
     where = f"receipts[{index}]."
-    if not msg.HasField("user"):
-        raise InvalidArgument(f"{where}user is required")
-    tenant(tenants, msg.user.tenant_id, f"{where}user.tenant_id")
-    channel(msg.user.channel, f"{where}user.channel", required=True)
-    identifier(msg.user.user_id, f"{where}user.user_id", limits)
-    identifier(msg.conversation_id, f"{where}conversation_id", limits)
+    _conversation(msg, where, tenants, limits)
     if msg.kind not in (pb.RECEIPT_KIND_DELIVERED, pb.RECEIPT_KIND_READ):
         raise InvalidArgument(f"{where}kind must be RECEIPT_KIND_DELIVERED or RECEIPT_KIND_READ")
     if not msg.HasField("watermark_time"):
