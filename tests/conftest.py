@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from harness.cassandra import CassandraNode
 from harness.redis_servers import RedisCluster, RedisServer
-from tests.chatlog.harness import CassandraNode
 from tests.fuzz import budget
 from tests.nlu_process import default_model, nlu_server
 

@@ -22,7 +22,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ from chatbot.common.v1 import event_pb2, nlu_result_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.cassandra import CassandraNode
+from harness.support import REPO, free_port
+
 TENANT = "bench"
 START = 1_767_225_600  # 2026-01-01T00:00:00Z
 # About 1 turn in 100 falls back, so some 40 % of conversations have a fallback.
@@ -62,12 +63,6 @@ class Result:
     def pct(self, name: str, q: float) -> float:
         ordered = sorted(self.reads[name])
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log(message: str) -> None:
@@ -132,32 +127,6 @@ def turn_messages(c: int, turn: int, at: float, rng: random.Random) -> list[pb.C
 
 
 # ------------------------------------------------------------------ processes
-
-
-class CassandraNode:
-    def __init__(self, data_dir: Path, heap: str) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.heap = heap
-
-    def _script(self, *args: str) -> None:
-        subprocess.run([sys.executable, str(REPO / "scripts" / "cassandra.py"), *args], check=True)
-
-    def start(self) -> None:
-        self._script(
-            "start",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--storage-port",
-            str(free_port()),
-            "--heap",
-            self.heap,
-        )
-
-    def stop(self) -> None:
-        self._script("stop", "--data-dir", str(self.data_dir))
 
 
 class Server:

@@ -17,9 +17,10 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import event_pb2, nlu_result_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from harness.cassandra import CassandraNode
 from services.chatlog.settings import ChatlogSettings
 from services.chatlog.store.cassandra import CassandraConfig
-from tests.chatlog.harness import TOKEN_SECRET, CassandraNode, Harness
+from tests.chatlog.harness import TOKEN_SECRET, Harness
 
 if TYPE_CHECKING:
     from chatbot.chatlog.v1.chatlog_service_pb2_grpc import ChatlogServiceStub

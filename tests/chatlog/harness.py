@@ -1,8 +1,7 @@
-"""The chatlog under test: a real Cassandra node, and the real server in a thread.
+"""The chatlog under test: the real server in a thread (the Cassandra node is
+``harness.cassandra.CassandraNode``).
 
-``CassandraNode`` runs ``scripts/cassandra.py`` (a real 5.0 node, no fake)
-on free ports with its data in a temporary directory; the outage test stops
-and restarts it. ``Harness`` runs a ``ChatlogApp`` (the same object
+``Harness`` runs a ``ChatlogApp`` (the same object
 ``serve()`` runs) on a port chosen by the OS, in a thread with its own event
 loop, so tests talk to it over real gRPC with plain synchronous stubs (and
 Hypothesis can drive them).
@@ -11,16 +10,12 @@ Hypothesis can drive them).
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.support import REPO, free_port
 from mesh.tenants import Tenant, Tenants
 from services.chatlog.server import ChatlogApp
 from services.chatlog.settings import ChatlogSettings
@@ -30,39 +25,6 @@ _T = TypeVar("_T")
 # Tests take a fresh tenant each, so they never see each other's rows.
 TENANTS = Tenants([Tenant("default"), *(Tenant(f"t{n:03d}") for n in range(2000))])
 TOKEN_SECRET = b"chatlog-tests-page-token-secret!"
-
-
-class CassandraNode:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.storage_port = free_port()
-
-    def _script(self, *args: str) -> None:
-        out = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "cassandra.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"cassandra.py {args[0]} failed:\n{out.stdout}\n{out.stderr}")
-
-    def start(self) -> None:
-        self._script(
-            "start",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--storage-port",
-            str(self.storage_port),
-            "--heap",
-            "768m",
-        )
-
-    def stop(self) -> None:
-        self._script("stop", "--data-dir", str(self.data_dir))
 
 
 class Harness:

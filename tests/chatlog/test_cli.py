@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
+from harness.cassandra import CassandraNode
 from harness.support import REPO, ServiceProcess, free_port
-from tests.chatlog.harness import CassandraNode
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 SERVICE = "chatbot.chatlog.v1.ChatlogService"

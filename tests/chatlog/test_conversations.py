@@ -9,6 +9,7 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import event_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from harness.cassandra import CassandraNode
 from tests.chatlog.conftest import (
     API,
     OUT,
@@ -20,7 +21,7 @@ from tests.chatlog.conftest import (
     settings,
     ts,
 )
-from tests.chatlog.harness import CassandraNode, Harness
+from tests.chatlog.harness import Harness
 
 DAY = 86_400
 EVERY = ["e", "d", "c", "g", "f", "b", "a"]  # by latest message, then id, descending

@@ -15,10 +15,11 @@ from chatbot.common.v1 import event_pb2
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2
 
+from harness.cassandra import CassandraNode
 from harness.support import free_port, health_status
 from services.chatlog.store.cassandra import CassandraConfig
 from tests.chatlog.conftest import Chatlog, code_of, fresh_tenant, settings, ts
-from tests.chatlog.harness import CassandraNode, Harness
+from tests.chatlog.harness import Harness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -14,8 +14,9 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
 from chatbot.chatlog.v1.chatlog_service_pb2_grpc import ChatlogServiceStub
 from google.protobuf.duration_pb2 import Duration
 
+from harness.cassandra import CassandraNode
 from tests.chatlog.conftest import T0, Chatlog, code_of, fresh_tenant, rpc_error, settings
-from tests.chatlog.harness import CassandraNode, Harness
+from tests.chatlog.harness import Harness
 
 DAY = 86_400
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
-from tests.chatlog.harness import CassandraNode
+from harness.cassandra import CassandraNode
 from tests.dialogue.conftest import Replicas, message_event
 from tests.faults import tally
 from tests.faults.load import Outgoing

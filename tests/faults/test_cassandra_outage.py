@@ -22,8 +22,8 @@ from chatbot.chatlog.v1 import chatlog_service_pb2_grpc
 from chatbot.common.v1 import event_pb2
 from grpc_health.v1 import health_pb2
 
+from harness.cassandra import CassandraNode
 from harness.support import ServiceProcess, free_port, health_status
-from tests.chatlog.harness import CassandraNode
 from tests.dialogue.conftest import Replicas
 from tests.faults.conftest import submitter
 from tests.faults.load import Load, wait_for
