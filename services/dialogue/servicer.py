@@ -231,6 +231,10 @@ class DialogueServicer(dialogue_service_pb2_grpc.DialogueServiceServicer):
             event.CopyFrom(request.event)
             if request.HasField("user") and request.user != event.user:
                 raise Invalid("user differs from event.user")
+            if event.WhichOneof("kind") in ("delivery", "read"):
+                raise Invalid(
+                    "event is a receipt: receipts have no turn to wait for (SubmitEvents)"
+                )
             return event
         if not request.text.strip():
             raise Invalid("text is empty")

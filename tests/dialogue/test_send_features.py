@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
@@ -166,6 +167,11 @@ def test_receipts_take_no_turn_and_reach_the_chatlog(
     ]
     state = stub.GetConversationState(pb.GetConversationStateRequest(user=ref), timeout=10).state
     assert (state.queue_length, state.last_processed_event_id) == (0, "m_rc_0")
+    # Nothing to wait for: Converse refuses a receipt rather than time out.
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Converse(pb.ConverseRequest(event=read), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "receipt" in (refused.value.details() or "")
 
 
 @pytest.mark.parametrize(
