@@ -16,6 +16,7 @@ from harness.redis_servers import RedisServer
 from mesh.redis_client import connect
 from mesh.tenants import Tenants
 from services.gateway.admin import AdminSettings, GrpcAdminBackends, create_admin_app
+from services.gateway.admin.lockout import LoginThrottle
 from services.gateway.admin.users import UserStore
 from tests.admin.stack import Stack
 
@@ -63,10 +64,9 @@ def run(coroutine_factory: Callable[[Any], Any], redis_url: str) -> Any:
 @pytest.fixture(scope="session")
 def users(stack: Stack) -> dict[str, tuple[str, list[str], str]]:
     async def create(redis: Any) -> None:
-        keys = [key async for key in redis.scan_iter(match=f"{PREFIX}*")]
-        if keys:
-            await redis.delete(*keys)
         store = UserStore(redis, PREFIX)
+        for name in await store.names():
+            await store.delete(name)
         for name, (role, tenants, password) in USERS.items():
             await store.put(name, role=role, tenants=tenants, password=password)
 
@@ -77,9 +77,8 @@ def users(stack: Stack) -> dict[str, tuple[str, list[str], str]]:
 @pytest.fixture
 def clear_lockouts(stack: Stack) -> Iterator[None]:
     async def clear(redis: Any) -> None:
-        keys = [key async for key in redis.scan_iter(match=f"{PREFIX}fail:*")]
-        if keys:
-            await redis.delete(*keys)
+        # Only the prefix names the keys; the limits play no part in clearing.
+        await LoginThrottle(redis, free_attempts=1, ip_limit=1, window=1, prefix=PREFIX).clear_all()
 
     run(clear, stack.redis_url)
     yield

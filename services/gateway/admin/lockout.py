@@ -124,7 +124,13 @@ class LoginThrottle:
 
     async def clear(self, name: str) -> int:
         """Forgets a name's failures from every address (``chatbot users unlock``)."""
-        pattern = f"{self._prefix}fail:*:user:{_digest(name.strip().lower())}"
+        return await self._forget(f"{self._prefix}fail:*:user:{_digest(name.strip().lower())}")
+
+    async def clear_all(self) -> int:
+        """Forgets every name's failures and every address's count."""
+        return await self._forget(f"{self._prefix}fail:*")
+
+    async def _forget(self, pattern: str) -> int:
         keys = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
         for key in keys:  # one by one: in a cluster they live in different slots
             await self._redis.delete(key)
