@@ -83,7 +83,7 @@ class GatewayProcess:
             "LOG_LEVEL": "INFO",
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.admin.gateway_server"],
+            [sys.executable, "-m", "services.gateway", "serve"],
             cwd=REPO,
             env=env,
             stdout=self._log,
