@@ -7,6 +7,9 @@ Send API breaker asks it whether the API answers); the Handover Protocol's
 ``POST /me/pass_thread_control``, ``take_thread_control`` and
 ``request_thread_control`` succeed, ``GET /me/thread_owner`` names the app
 last passed a thread and ``GET /me/secondary_receivers`` lists the Page Inbox;
+``/me/messenger_profile`` keeps the page's profile as the Messenger Profile API
+does (GET with ``fields``, POST, DELETE with ``fields``, and Meta's refusals),
+so ``chatbot messenger-profile apply`` can be tried against ``make run``;
 ``GET /orders/<id>`` and ``GET /weather?city=`` answer the starter bot's actions.
 
 It speaks HTTP/1.1 with keep-alive, as the Graph API does;
@@ -33,14 +36,26 @@ DEMO_ORDERS = {
 }
 
 
-def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str, str, str] | None]:
-    """One request's answer: (status, JSON body, (recipient, text, in_reply_to) of a reply sent)."""
+def route(
+    method: str, target: str, body: bytes, profile: dict[str, Any] | None = None
+) -> tuple[int, object, tuple[str, str, str] | None]:
+    """One request's answer: (status, JSON body, (recipient, text, in_reply_to) of a reply sent).
+
+    ``profile``: the page's Messenger profile, kept in place (default: this process's).
+    """
     url = urlparse(target)
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return 400, {"error": {"message": "bad JSON", "code": 100}}, None
+    if url.path.endswith("/me/messenger_profile"):
+        page = _page_profile if profile is None else profile
+        fields = doc if isinstance(doc, dict) else {}
+        result = profile_call(page, method, parse_qs(url.query), fields)
+        return (400 if "error" in result else 200), result, None
+    if method == "DELETE":
+        return 404, {"error": {"message": "unknown path", "code": 100}}, None
     if method == "POST":
-        try:
-            doc = json.loads(body or b"{}")
-        except ValueError:
-            return 400, {"error": {"message": "bad JSON", "code": 100}}, None
         edge = url.path.rsplit("/", 1)[-1]
         if edge in _THREAD_EDGES:
             status, answer = _thread_control(edge, doc)
@@ -73,6 +88,7 @@ def route(method: str, target: str, body: bytes) -> tuple[int, object, tuple[str
 
 
 _sent_ids = itertools.count(1)
+_page_profile: dict[str, Any] = {}
 PAGE_INBOX_APP_ID = "263902037430900"
 _THREAD_EDGES = ("pass_thread_control", "take_thread_control", "request_thread_control")
 _thread_owners: dict[str, str] = {}  # recipient -> the app last passed the thread
@@ -91,6 +107,55 @@ def _thread_control(edge: str, doc: dict[str, Any]) -> tuple[int, object]:
     return 200, {"success": True}
 
 
+PROFILE_FIELDS = (
+    "get_started", "greeting", "persistent_menu", "ice_breakers", "whitelisted_domains",
+    "account_linking_url", "commands",
+)  # fmt: skip
+
+
+def profile_call(
+    profile: dict[str, Any], method: str, query: dict[str, list[str]], body: dict[str, Any]
+) -> dict[str, Any]:
+    """The Messenger Profile API on ``profile``, with the refusals Meta documents."""
+
+    def error(message: str, subcode: int = 0) -> dict[str, Any]:
+        found: dict[str, Any] = {"message": f"(#100) {message}", "type": "OAuthException"}
+        found["code"] = 100
+        if subcode:
+            found["error_subcode"] = subcode
+        return {"error": found}
+
+    if method == "GET":
+        fields = [f for f in query.get("fields", [""])[0].split(",") if f]
+        if not fields:
+            return error("The parameter fields is required")
+        found = {f: profile[f] for f in fields if f in profile}
+        return {"data": [found] if found else []}
+    if method == "DELETE":
+        names = body.get("fields")
+        if not isinstance(names, list) or not names:
+            return error("param fields must be non-empty")
+        if any(f not in PROFILE_FIELDS for f in names):
+            return error(f"param fields[0] must be one of {{{', '.join(PROFILE_FIELDS)}}}")
+        for name in names:
+            profile.pop(name, None)
+        return {"result": "success"}
+    unknown = [k for k in body if k not in PROFILE_FIELDS]
+    if not body or unknown:
+        return error(f"Requires one of the params: {', '.join(PROFILE_FIELDS)}")
+    if "persistent_menu" in body and "get_started" not in body and "get_started" not in profile:
+        message = "You must set a Get Started button if you also wish to use persistent menu."
+        return error(message, 2018145)
+    for greeting in body.get("greeting") or []:
+        if len(greeting.get("text", "")) > 160:
+            return error("param greeting[0][text] must be at most 160 characters")
+    for menu in body.get("persistent_menu") or []:
+        if len(menu.get("call_to_actions") or []) > 20:
+            return error("param persistent_menu[0][call_to_actions] must have at most 20 items")
+    profile.update(json.loads(json.dumps(body)))
+    return {"result": "success"}
+
+
 @dataclass
 class Sent:
     recipient: str
@@ -105,6 +170,7 @@ class GraphStandIn:
     sent: list[Sent] = field(default_factory=list)
     on_send: Callable[[Sent], None] | None = None
     close_connections: bool = False
+    profile: dict[str, Any] = field(default_factory=dict)  # the page's Messenger profile
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> GraphStandIn:
@@ -131,7 +197,8 @@ class GraphStandIn:
                 self.wfile.write(raw)
 
             def _answer(self, method: str, body: bytes) -> None:
-                status, doc, reply = route(method, self.path, body)
+                with owner.lock:
+                    status, doc, reply = route(method, self.path, body, owner.profile)
                 if reply is not None:
                     sent = Sent(*reply, time.monotonic())
                     with owner.lock:
@@ -146,6 +213,10 @@ class GraphStandIn:
 
             def do_GET(self) -> None:
                 self._answer("GET", b"")
+
+            def do_DELETE(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._answer("DELETE", self.rfile.read(length))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True

@@ -1,7 +1,8 @@
-"""Real servers standing in for what the dialogue service talks to.
+"""Real servers standing in for what the dialogue service and the console talk to.
 
-- ``GraphApi``: an HTTP/1.1 keep-alive server in place of Facebook's Send API
-  and Messenger Profile API, recording every message and failing on command
+- ``GraphApi``: an HTTP/1.1 keep-alive server in place of Facebook's Send API,
+  Messenger Profile API (the semantics ``cli.graph_standin`` serves ``make run``
+  with) and User Profile API, recording every message and failing on command
   (error codes, delays, ``Connection: close`` on every answer, answers lost
   after the message arrived); with an app secret it refuses calls without the
   right ``appsecret_proof``, as Meta does once an app requires it; for the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections import defaultdict
@@ -40,6 +42,7 @@ from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cli.graph_standin import profile_call
 from harness.support import free_port
 
 
@@ -61,7 +64,8 @@ class GraphApi:
     connection ends after it. ``lose_answers``: that many messages are recorded
     (they arrived) and their connections close without an answer, as when an
     answer is lost on its way back; ``answer_delay_s`` holds answers back after
-    recording the message, and ``GET /me`` (a breaker's probe) as well.
+    recording the message, and ``GET /me`` (a breaker's probe) and the User
+    Profile API's lookups (``GET /<version>/<psid>?fields=``) as well.
     ``on_message`` is called with each message once it is recorded, before it
     is answered: it may hold that one answer back, or pause its sender.
 
@@ -103,6 +107,12 @@ class GraphApi:
     unavailable: set[str] = field(default_factory=set)
     window_refusals: list[dict[str, Any]] = field(default_factory=list)
     probe_status: int = 200
+    # User Profile API: psid -> fields the page may read (anyone else: code 100,
+    # subcode 2018218); ``people_failures``: psid -> (status, body) answered
+    # instead; ``people_calls``: each psid asked, in order.
+    people: dict[str, dict[str, str]] = field(default_factory=dict)
+    people_failures: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    people_calls: list[str] = field(default_factory=list)
     # Handover Protocol: this app's id, the page's other receivers, each
     # recipient's thread owner (absent: idle), every call {edge, body or query},
     # and a rule that may refuse one: (edge, body) -> (status, body) or None.
@@ -149,6 +159,10 @@ class GraphApi:
                 """Answers a call whose token or proof Meta would refuse; True if it did."""
                 refusal = self._refusal(query)
                 if refusal is not None:
+                    code, message, _ = refusal
+                    path = urlparse(self.path).path
+                    with api.lock:
+                        api.refusals.append({"path": path, "code": code, "message": message})
                     self._error(400, *refusal)
                 return refusal is not None
 
@@ -184,11 +198,6 @@ class GraphApi:
                 error["fbtrace_id"] = "AStandInTrace"
                 if subcode:
                     error["error_subcode"] = subcode
-                if code in (100, 190) and urlparse(self.path).path.endswith(_GRAPH_PATHS):
-                    with api.lock:
-                        api.refusals.append(
-                            {"path": urlparse(self.path).path, "code": code, "message": message}
-                        )
                 self._reply(status, {"error": error})
 
             def _profile(self, method: str, body: dict[str, Any]) -> None:
@@ -201,7 +210,7 @@ class GraphApi:
                 if failure is not None:
                     return self._reply(*failure)
                 with api.lock:
-                    answer = _profile_call(api.profile, method, query, body)
+                    answer = profile_call(api.profile, method, query, body)
                 if "error" in answer:
                     error = answer["error"]
                     code, subcode = error["code"], error.get("error_subcode", 0)
@@ -284,6 +293,24 @@ class GraphApi:
                     200, {"recipient_id": body["recipient"]["id"], "message_id": f"m_out{count}"}
                 )
 
+            def _person(self, psid: str, query: dict[str, list[str]]) -> None:
+                with api.lock:
+                    api.people_calls.append(psid)
+                if api.answer_delay_s:
+                    time.sleep(api.answer_delay_s)
+                if self._refuse(query):
+                    return None
+                failure = api.people_failures.get(psid)
+                if failure is not None:
+                    return self._reply(*failure)
+                person = api.people.get(psid)
+                if person is None:
+                    message = "(#100) No profile available for that user."
+                    return self._error(400, 100, message, "OAuthException", 2018218)
+                fields = query.get("fields", [""])[0].split(",")
+                found = {k: v for k, v in person.items() if k in fields}
+                return self._reply(200, {"id": psid, **found})
+
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 if url.path.endswith("/me/messenger_profile"):
@@ -299,6 +326,9 @@ class GraphApi:
                     if api.answer_delay_s:
                         time.sleep(api.answer_delay_s)
                     return self._reply(api.probe_status, {"id": "page-1"})
+                person = _PERSON.match(url.path)
+                if person is not None:
+                    return self._person(person.group(1), parse_qs(url.query))
                 with api.lock:
                     api.actions.append({"path": url.path, "query": parse_qs(url.query)})
                 if url.path.startswith("/orders/"):
@@ -357,6 +387,9 @@ class GraphApi:
         self.last_user_message_ms.clear()
         self.unavailable.clear()
         self.window_refusals.clear()
+        self.people.clear()
+        self.people_failures.clear()
+        self.people_calls.clear()
         self.peers.clear()
         self.thread_owners.clear()
         self.thread_calls.clear()
@@ -402,10 +435,8 @@ def _window_refusal(api: GraphApi, body: dict[str, Any]) -> tuple[int, str, str,
 
 
 _THREAD_EDGES = ("pass_thread_control", "take_thread_control", "request_thread_control")
-_GRAPH_PATHS = (
-    "/me", "/me/messages", "/me/messenger_profile", "/me/thread_owner",
-    "/me/secondary_receivers", *(f"/me/{edge}" for edge in _THREAD_EDGES),
-)  # fmt: skip
+# The User Profile API: GET /<version>/<psid>.
+_PERSON = re.compile(r"^/v\d+\.\d+/(?!me$)([^/]+)$")
 
 
 def _thread_call(api: GraphApi, edge: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -449,54 +480,6 @@ def _thread_call(api: GraphApi, edge: str, body: dict[str, Any]) -> dict[str, An
         api.thread_owners[psid] = api.app_id
         return {"success": True}
     return {"success": True}  # request_thread_control: the owner is told; nothing changes
-
-
-_PROFILE_FIELDS = (
-    "get_started", "greeting", "persistent_menu", "ice_breakers", "whitelisted_domains",
-    "account_linking_url", "commands",
-)  # fmt: skip
-
-
-def _profile_call(
-    profile: dict[str, Any], method: str, query: dict[str, list[str]], body: dict[str, Any]
-) -> dict[str, Any]:
-    """The Messenger Profile API on ``profile``, with the refusals Meta documents."""
-
-    def error(message: str, subcode: int = 0) -> dict[str, Any]:
-        found: dict[str, Any] = {"message": f"(#100) {message}", "code": 100}
-        if subcode:
-            found["error_subcode"] = subcode
-        return {"error": found}
-
-    if method == "GET":
-        fields = [f for f in query.get("fields", [""])[0].split(",") if f]
-        if not fields:
-            return error("The parameter fields is required")
-        found = {f: profile[f] for f in fields if f in profile}
-        return {"data": [found] if found else []}
-    if method == "DELETE":
-        names = body.get("fields")
-        if not isinstance(names, list) or not names:
-            return error("param fields must be non-empty")
-        if any(f not in _PROFILE_FIELDS for f in names):
-            return error(f"param fields[0] must be one of {{{', '.join(_PROFILE_FIELDS)}}}")
-        for name in names:
-            profile.pop(name, None)
-        return {"result": "success"}
-    unknown = [k for k in body if k not in _PROFILE_FIELDS]
-    if not body or unknown:
-        return error(f"Requires one of the params: {', '.join(_PROFILE_FIELDS)}")
-    if "persistent_menu" in body and "get_started" not in body and "get_started" not in profile:
-        message = "You must set a Get Started button if you also wish to use persistent menu."
-        return error(message, 2018145)
-    for greeting in body.get("greeting") or []:
-        if len(greeting.get("text", "")) > 160:
-            return error("param greeting[0][text] must be at most 160 characters")
-    for menu in body.get("persistent_menu") or []:
-        if len(menu.get("call_to_actions") or []) > 20:
-            return error("param persistent_menu[0][call_to_actions] must have at most 20 items")
-    profile.update(json.loads(json.dumps(body)))
-    return {"result": "success"}
 
 
 KEYWORDS = [

@@ -3,123 +3,41 @@ the cache in real Redis, erasure from the console and the CLI, and logs without 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from harness.standins import GraphApi
 from services.gateway.admin.profiles import cache_key
 from tests.admin.conftest import PREFIX, ClientFactory, run, signed_in
-from tests.admin.stack import ACME_SECRET, GLOBEX_SECRET, Stack, wait_for
+from tests.admin.stack import ACME_SECRET, Stack, wait_for
 
 PICTURE = "https://scontent.example.invalid/v/t1.30497-1/{}.jpg?stp=dst-jpg"
 
 
-class PeopleApi:
-    """``GET /v21.0/<psid>?fields=...`` as Meta answers it, for the tenants' page tokens.
-
-    A call without the page token in the Authorization header, or without the
-    right ``appsecret_proof``, is refused (codes 190 and 100). ``people``: who the
-    pages may know; anyone else gets code 100, subcode 2018218. ``failures``:
-    psid -> (status, error) answered instead. ``delay_s`` holds every answer back.
-    """
-
-    def __init__(self) -> None:
-        self.secrets = {"acme-page-token": ACME_SECRET, "globex-page-token": GLOBEX_SECRET}
-        self.people: dict[str, dict[str, str]] = {}
-        self.failures: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.calls: list[str] = []
-        self.bad_calls: list[str] = []
-        self.delay_s = 0.0
-        self.lock = threading.Lock()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, body: dict[str, Any]) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _error(self, code: int, message: str, subcode: int = 0) -> None:
-                error: dict[str, Any] = {"message": message, "type": "OAuthException"}
-                error.update(code=code, fbtrace_id="AStandInTrace")
-                if subcode:
-                    error["error_subcode"] = subcode
-                self._reply(400, {"error": error})
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                query = parse_qs(url.query)
-                psid = url.path.rsplit("/", 1)[-1]
-                with api.lock:
-                    api.calls.append(psid)
-                if api.delay_s:
-                    time.sleep(api.delay_s)
-                token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                secret = api.secrets.get(token)
-                proof = query.get("appsecret_proof", [""])[0]
-                if not url.path.startswith("/v21.0/") or "access_token" in query:
-                    api.bad_calls.append(self.path)
-                    return self._error(100, "(#100) Unsupported get request")
-                if secret is None:
-                    api.bad_calls.append(self.path)
-                    return self._error(190, "Invalid OAuth access token")
-                expected = hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(proof, expected):
-                    api.bad_calls.append(self.path)
-                    return self._error(100, "Invalid appsecret_proof provided in the API argument")
-                if psid in api.failures:
-                    return self._reply(*api.failures[psid])
-                person = api.people.get(psid)
-                if person is None:
-                    return self._error(100, "(#100) No profile available for that user.", 2018218)
-                fields = query.get("fields", [""])[0].split(",")
-                self._reply(200, {"id": psid, **{k: v for k, v in person.items() if k in fields}})
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v21.0"
-
-    def calls_for(self, psid: str) -> int:
-        with self.lock:
-            return self.calls.count(psid)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(scope="module")
-def people() -> Iterator[PeopleApi]:
-    api = PeopleApi()
+def graph() -> Iterator[GraphApi]:
+    """The Graph API, answering for acme's page only (its token, with its app's proof)."""
+    api = GraphApi().start()
+    api.app_secret = ACME_SECRET
+    api.page_tokens = {"acme-page-token"}
     yield api
     api.stop()
 
 
-def _console(make_client: ClientFactory, people: PeopleApi, **changes: Any) -> TestClient:
+def _calls(graph: GraphApi, psid: str) -> int:
+    with graph.lock:
+        return graph.people_calls.count(psid)
+
+
+def _console(make_client: ClientFactory, graph: GraphApi, **changes: Any) -> TestClient:
     settings: dict[str, Any] = {
-        "graph_api_url": people.url,
+        "graph_api_url": f"{graph.url}/v21.0",
         "profile_wait_seconds": 10.0,
         "profile_refused_ttl_seconds": 600,
         **changes,
@@ -127,11 +45,11 @@ def _console(make_client: ClientFactory, people: PeopleApi, **changes: Any) -> T
     return make_client(**settings)
 
 
-def _person(people: PeopleApi) -> tuple[str, str, str]:
+def _person(graph: GraphApi) -> tuple[str, str, str]:
     """A new customer the page may know: (psid, first name, last name)."""
     psid = f"psid-{uuid.uuid4().hex[:10]}"
     first, last = "Ada", f"Lovelace{uuid.uuid4().hex[:6]}"
-    people.people[psid] = {
+    graph.people[psid] = {
         "first_name": first,
         "last_name": last,
         "profile_pic": PICTURE.format(psid),
@@ -153,11 +71,11 @@ def _listing(client: TestClient, psid: str) -> str:
 
 
 def test_list_transcript_and_api_show_the_name_and_picture_once_fetched(
-    make_client: ClientFactory, stack: Stack, people: PeopleApi
+    make_client: ClientFactory, stack: Stack, graph: GraphApi
 ) -> None:
-    psid, first, last = _person(people)
+    psid, first, last = _person(graph)
     conversation = stack.talk("acme", psid)
-    client = _console(make_client, people)
+    client = _console(make_client, graph)
     signed_in(client, "vic")
 
     page = client.get("/admin/t/acme/conversations", params={"user": psid})
@@ -167,7 +85,7 @@ def test_list_transcript_and_api_show_the_name_and_picture_once_fetched(
     picture = PICTURE.format(psid).replace("&", "&amp;")
     assert f'src="{picture}"' in page.text and 'referrerpolicy="no-referrer"' in page.text
     assert "https:" in page.headers["content-security-policy"].split("img-src", 1)[1]
-    assert people.calls_for(psid) == 1
+    assert _calls(graph, psid) == 1
     assert 86400 - 60 < _ttl(stack, psid) <= 86400
 
     transcript = client.get("/admin/t/acme/conversation", params={"id": conversation})
@@ -188,27 +106,27 @@ def test_list_transcript_and_api_show_the_name_and_picture_once_fetched(
     }
 
     # Another console (another gateway replica) reads the same cache.
-    other = _console(make_client, people)
+    other = _console(make_client, graph)
     signed_in(other, "ann")
     assert f"{first} {last}" in _listing(other, psid)
-    assert people.calls_for(psid) == 1
-    assert people.bad_calls == []  # every call had the token in its header, and the proof
+    assert _calls(graph, psid) == 1
+    assert graph.refusals == []  # every call had the token in its header, and the proof
 
 
 def test_a_refused_lookup_shows_the_id_and_is_remembered_for_a_shorter_time(
-    make_client: ClientFactory, stack: Stack, people: PeopleApi
+    make_client: ClientFactory, stack: Stack, graph: GraphApi
 ) -> None:
-    unknown = f"psid-{uuid.uuid4().hex[:10]}"  # not among the page's people: 100/2018218
+    unknown = f"psid-{uuid.uuid4().hex[:10]}"  # not among the page's graph: 100/2018218
     forbidden = f"psid-{uuid.uuid4().hex[:10]}"
-    people.failures[forbidden] = (
+    graph.people_failures[forbidden] = (
         403,
         {"error": {"message": "(#200) Requires pages_messaging permission", "code": 200}},
     )
     flaky = f"psid-{uuid.uuid4().hex[:10]}"
-    people.failures[flaky] = (500, {"error": {"message": "An unexpected error", "code": 2}})
+    graph.people_failures[flaky] = (500, {"error": {"message": "An unexpected error", "code": 2}})
     for psid in (unknown, forbidden, flaky):
         stack.talk("acme", psid)
-    client = _console(make_client, people)
+    client = _console(make_client, graph)
     signed_in(client, "vic")
 
     for psid in (unknown, forbidden, flaky):
@@ -218,38 +136,38 @@ def test_a_refused_lookup_shows_the_id_and_is_remembered_for_a_shorter_time(
     for psid in (unknown, forbidden):
         assert 0 < _ttl(stack, psid) <= 600
         _listing(client, psid)
-        assert people.calls_for(psid) == 1  # the refusal came from the cache
+        assert _calls(graph, psid) == 1  # the refusal came from the cache
     assert _ttl(stack, flaky) == -2  # a temporary failure is not remembered
     _listing(client, flaky)
-    assert people.calls_for(flaky) == 2
+    assert _calls(graph, flaky) == 2
     listed = client.get("/api/admin/tenants/acme/conversations", params={"user": unknown})
     assert "customer" not in listed.json()["conversations"][0]
 
 
 def test_a_slow_lookup_does_not_hold_the_page_and_fills_the_cache_later(
-    make_client: ClientFactory, stack: Stack, people: PeopleApi
+    make_client: ClientFactory, stack: Stack, graph: GraphApi
 ) -> None:
-    psid, first, last = _person(people)
+    psid, first, last = _person(graph)
     stack.talk("acme", psid)
-    client = _console(make_client, people, profile_wait_seconds=0.1, profile_fetch_timeout=30.0)
+    client = _console(make_client, graph, profile_wait_seconds=0.1, profile_fetch_timeout=30.0)
     signed_in(client, "vic")
-    people.delay_s = 2.0
+    graph.answer_delay_s = 2.0
     try:
         first_view = _listing(client, psid)
         assert f'<span class="user-id">{psid}</span>' in first_view
         assert f"{first} {last}" not in first_view  # the page did not wait for Meta
         wait_for(lambda: f"{first} {last}" in _listing(client, psid), what="the name, later")
     finally:
-        people.delay_s = 0.0
-    assert people.calls_for(psid) == 1  # views meanwhile joined the lookup under way
+        graph.answer_delay_s = 0.0
+    assert _calls(graph, psid) == 1  # views meanwhile joined the lookup under way
 
 
 def test_erasing_a_customer_deletes_the_cached_profile(
-    make_client: ClientFactory, stack: Stack, people: PeopleApi
+    make_client: ClientFactory, stack: Stack, graph: GraphApi
 ) -> None:
-    psid, first, last = _person(people)
+    psid, first, last = _person(graph)
     stack.talk("acme", psid)
-    client = _console(make_client, people)
+    client = _console(make_client, graph)
     csrf = signed_in(client, "ann")
     assert f"{first} {last}" in _listing(client, psid)
     assert _ttl(stack, psid) > 0
@@ -260,7 +178,7 @@ def test_erasing_a_customer_deletes_the_cached_profile(
     # The CLI's erase-user does the same.
     from cli.main import app
 
-    other, first, last = _person(people)
+    other, first, last = _person(graph)
     stack.talk("acme", other)
     assert f"{first} {last}" in _listing(client, other)
     assert _ttl(stack, other) > 0
@@ -280,15 +198,15 @@ def test_erasing_a_customer_deletes_the_cached_profile(
 def test_no_log_line_carries_a_name_or_the_page_token(
     make_client: ClientFactory,
     stack: Stack,
-    people: PeopleApi,
+    graph: GraphApi,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    psid, first, last = _person(people)
+    psid, first, last = _person(graph)
     refused = f"psid-{uuid.uuid4().hex[:10]}"
     stack.talk("acme", psid)
     stack.talk("acme", refused)
     with caplog.at_level(logging.DEBUG):
-        client = _console(make_client, people)
+        client = _console(make_client, graph)
         csrf = signed_in(client, "ann")
         assert f"{first} {last}" in _listing(client, psid)
         _listing(client, refused)
