@@ -341,14 +341,17 @@ class ReceiptRecord:
     watermark_ns: int
 
     @classmethod
-    def build(cls, receipt: pb.Receipt) -> ReceiptRecord:
+    def build(cls, receipt: pb.Receipt, now_ns: int) -> ReceiptRecord:
+        """A validated receipt's record. A watermark ahead of now (a sender's clock)
+        is taken as now: it covers nothing more yet, and on Cassandra, where the
+        watermark is the write time, a future one would outlive an erasure."""
         return cls(
             tenant_id=receipt.user.tenant_id,
             conversation_id=receipt.conversation_id,
             channel=int(receipt.user.channel),
             user_id=receipt.user.user_id,
             read=receipt.kind == pb.RECEIPT_KIND_READ,
-            watermark_ns=timestamp_ns(receipt.watermark_time),
+            watermark_ns=min(timestamp_ns(receipt.watermark_time), now_ns),
         )
 
 

@@ -170,7 +170,10 @@ class ChatlogServicer(chatlog_service_pb2_grpc.ChatlogServiceServicer):
         for index, receipt in enumerate(request.receipts):
             check.receipt(index, receipt, self._tenants, self._limits)
         if request.receipts:
-            await self._store.record_receipts([ReceiptRecord.build(r) for r in request.receipts])
+            now = self._clock()
+            await self._store.record_receipts(
+                [ReceiptRecord.build(r, now) for r in request.receipts]
+            )
             RECEIPTS.inc(len(request.receipts))
         if not messages:
             return pb.AppendMessagesResponse()

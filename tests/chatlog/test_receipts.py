@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import grpc
 import pytest
 from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
 from chatbot.common.v1 import event_pb2
 
-from tests.chatlog.conftest import MESSENGER, OUT, Chatlog, ts
+from tests.chatlog.conftest import MESSENGER, OUT, T0, Chatlog, ts
 
 DELIVERED, READ = pb.RECEIPT_KIND_DELIVERED, pb.RECEIPT_KIND_READ
 
@@ -123,3 +125,19 @@ def test_a_bad_receipt_is_refused_with_its_reason(
         record(sqlite_chatlog, bad)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in (caught.value.details() or "")
+
+
+def test_a_watermark_ahead_of_now_covers_only_what_was_sent_until_now(chatlog: Chatlog) -> None:
+    m = chatlog.message
+    ahead = (dt.datetime.now(dt.UTC) - T0).total_seconds() + 400 * 86_400
+    chatlog.append(m("c1", "early", at=0, text="hi", direction=OUT))
+    record(chatlog, receipt(chatlog, "c1", READ, ahead))
+    chatlog.append(m("c1", "later", at=ahead - 86_400, text="hi", direction=OUT))
+    assert statuses(chatlog, "c1") == {
+        "early": pb.DELIVERY_STATUS_READ,
+        "later": pb.DELIVERY_STATUS_SENT,
+    }
+    # Erasure removes it all the same.
+    chatlog.stub.DeleteUserData(pb.DeleteUserDataRequest(tenant_id=chatlog.tenant, user_id="u1"))
+    chatlog.append(m("c1", "again", at=1, text="hi", direction=OUT))
+    assert statuses(chatlog, "c1") == {"again": pb.DELIVERY_STATUS_SENT}
