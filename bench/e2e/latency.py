@@ -72,9 +72,9 @@ async def probe(
         ]
         started = time.monotonic()
         if overlapping:
-            sends = []
+            sends: list[asyncio.Future[Delivery]] = []
             for message in batch:
-                sends.append(asyncio.create_task(deliver(message)))
+                sends.append(asyncio.ensure_future(deliver(message)))
                 await asyncio.sleep(0)  # each request leaves before the next one starts
             await asyncio.gather(*sends)
         else:
