@@ -17,9 +17,19 @@ ordering  N users x M messages with a think time between messages. The
           200 (``--per-page``: one delivery in flight for the whole page), a
           delivery without a 200 within ``--timeout`` delivered again, and
           10 % of messages delivered a second time, later and concurrently.
-          ``--load overlapping`` (the older mode) delivers every message as
-          soon as it is typed, so one user's deliveries overlap. Reports
-          replies missing, duplicated and answered late, and, from each
+          After each reply comes (this stack: at the Graph API stand-in;
+          Rasa: in its REST response), the user's phone sends a
+          ``delivery`` receipt (0.05-0.3 s later) and a ``read`` receipt
+          (0.5-3 s later), each its own signed webhook with the reply's time
+          as watermark, delivered in turn and retried like the messages: to
+          this stack's gateway and to Rasa's Messenger channel
+          (``--no-receipts`` sends none). Receipts get no reply and count in
+          no latency, order or duplicate figure; the report says how many
+          were sent and acknowledged, and their work is in the CPU and
+          Redis figures. ``--load overlapping`` (the older mode, without
+          receipts) delivers every message as soon as it is typed, so one
+          user's deliveries overlap. Reports replies missing, duplicated
+          and answered late, and, from each
           server's own record (this stack: the chatlog; Rasa: its tracker),
           the order it received the messages in, so that a late reply is put
           down to the way in or to the server. Rasa's tracker holds the order
@@ -51,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -73,10 +84,17 @@ MODES = ("latency", "ordering", "capacity")
 DEFAULT_RATES = "10,20,40,80,120,160,240,320"
 DEFAULT_PICTURE = REPO / "docs" / "pictures" / "bench-e2e-capacity.svg"
 DRIVER = "load driver"
+# How long a receipt waits for its reply: the whole ordering run.
+REPLY_WAIT_S = 24 * 3600.0
 
 
 def say(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def receipts_line(receipts: Mapping[str, Mapping[str, int]]) -> str:
+    """Acknowledged of sent, by kind: ``delivery 12/12, read 12/12``."""
+    return ", ".join(f"{kind} {c['acknowledged']}/{c['sent']}" for kind, c in receipts.items())
 
 
 def heldout_texts() -> list[str]:
@@ -266,6 +284,8 @@ class Bench:
                     lambda: self.target.answered(mids),
                     self.args.settle,
                     say,
+                    replied=lambda mid: self.target.replies.wait(mid, REPLY_WAIT_S),
+                    send_receipt=self.target.deliver_receipt,
                 )
             )
         finally:
@@ -298,6 +318,11 @@ class Bench:
             f"{result.duplicated} duplicated, {attribution.answered_late} answered late "
             f"({attribution.late_by_server} by the server, {attribution.late_on_arrival} "
             f"on the way in), {attribution.received_late} received late"
+            + (
+                f"; receipts acknowledged: {receipts_line(asdict(result)['receipts'])}"
+                if shape.receipts
+                else ""
+            )
         )
         return {
             "shape": asdict(shape),
@@ -419,6 +444,7 @@ def run_system(
             per_page=args.per_page,
             duplicate_rate=args.duplicate_rate,
             timeout_s=args.timeout,
+            receipts=args.load == MESSENGER and not args.no_receipts,
         )
         result["ordering"] = bench.ordering(shape)
     if "capacity" in args.modes:
@@ -441,12 +467,12 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float 
     if probes:
         size = next(iter(probes.values()))["probe"]["burst_size"]
         print("\nLatency probe, idle system, one user (ms):\n")
-        header = (
+        header: tuple[str, ...] = (
             "system", "one at a time p50", "p99", f"burst of {size}, Messenger p50", "worst",
             f"burst of {size}, overlapping p50", "worst", "missing", "Redis cmds/msg",
             "Redis round trips/msg",
         )  # fmt: skip
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for name, entry in probes.items():
             p = entry["probe"]
             cost = entry["redis_per_message"] or {}
@@ -468,12 +494,21 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float 
             f"\nOrdering: {shape['users']} users x {shape['messages']} messages, "
             f"'{shape['mode']}' load{' per page' if shape['per_page'] else ''}, think time "
             f"{shape['think_s'][0]}-{shape['think_s'][1]} s, {shape['duplicate_rate']:.0%} "
-            f"delivered twice, redelivery after {shape['timeout_s']:g} s without a 200.\n"
+            f"delivered twice, redelivery after {shape['timeout_s']:g} s without a 200"
+            + (
+                f", delivery and read receipts {shape['delivery_receipt_s'][0]:g}-"
+                f"{shape['delivery_receipt_s'][1]:g} s and {shape['read_receipt_s'][0]:g}-"
+                f"{shape['read_receipt_s'][1]:g} s after each reply (in no latency, order or "
+                "duplicate figure).\n"
+                if shape["receipts"]
+                else ", no receipts.\n"
+            )
         )
         header = (
             "system", "acks p50 ms", "acks p99 ms", "msg/s", "e2e p50 ms", "e2e p99 ms",
             "missing", "duplicated", "received late", "answered late", "late on the way in",
-            "late by the server", "unknown", "deliveries", "CPU ms/msg", "Redis cmds/msg",
+            "late by the server", "unknown", "deliveries", "receipts acked/sent",
+            "CPU ms/msg", "Redis cmds/msg",
             "Redis scripts/msg", "Redis round trips/msg",
         )  # fmt: skip
         rows = []
@@ -488,6 +523,7 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], bare: float 
                     str(a["received_late"]), str(a["answered_late"]), str(a["late_on_arrival"]),
                     str(a["late_by_server"]), str(a["unknown"]),
                     f"{o['deliveries']} ({o['redeliveries']} redelivered)",
+                    receipts_line(o["receipts"]) if entry["shape"]["receipts"] else "-",
                     report.num(entry["cpu_s_per_msg"] * 1000),
                     report.num(cost.get("commands", math.nan)),
                     report.num(cost.get("scripts", math.nan)),
@@ -578,12 +614,17 @@ def parser() -> argparse.ArgumentParser:
     load = parser.add_argument_group("ordering mode")
     load.add_argument(
         "--load", choices=(MESSENGER, OVERLAPPING), default=MESSENGER,
-        help="messenger: next delivery of a conversation after the previous 200 (default); "
-        "overlapping: every message delivered as soon as it is typed",
+        help="messenger: next delivery of a conversation after the previous 200, delivery "
+        "and read receipts after each reply (default); overlapping: every message delivered "
+        "as soon as it is typed, no receipts",
     )  # fmt: skip
     load.add_argument(
         "--per-page", action="store_true",
         help="with --load messenger: one delivery in flight for the whole page",
+    )  # fmt: skip
+    load.add_argument(
+        "--no-receipts", action="store_true",
+        help="with --load messenger: send no delivery and read receipts after the replies",
     )  # fmt: skip
     load.add_argument("--users", type=int, default=100, help="users sending at once (100)")
     load.add_argument("--messages", type=int, default=10, help="messages per user (10)")

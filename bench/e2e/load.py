@@ -15,6 +15,14 @@ delivered again (the first attempt is not called off), and some messages are
 delivered a second time, a little after their first delivery started and
 outside the one-at-a-time rule, as Messenger's duplicates are. What counts
 for a user is the reply: when it came, how many times, and in which order.
+
+With ``receipts`` (on in the ``messenger`` load unless turned off), each
+user's phone answers every reply as Messenger does: a ``delivery`` receipt
+shortly after the reply came, a ``read`` receipt later, each its own signed
+webhook with the reply's time as its watermark, delivered by the same rules
+as the conversation's messages (in turn, retried without a 200). Receipts
+are counted apart: they get no reply, so they are in no latency, order or
+duplicate count, only in the work the system did.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 
@@ -36,6 +45,26 @@ class Message:
     seq: int
     mid: str
     text: str
+
+
+DELIVERY = "delivery"
+READ = "read"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A ``delivery`` or ``read`` receipt for the reply to message ``mid``.
+
+    ``mid`` only names the receipt in the driver; the webhook carries no mid
+    (Messenger's ``mids`` are optional), only the watermark.
+    """
+
+    user: str
+    mid: str
+    kind: str
+    watermark_ms: int
+    # When the phone sent it: a redelivery is the same event.
+    at_ms: int
 
 
 @dataclass(frozen=True)
@@ -58,9 +87,20 @@ class Record:
     redeliveries: int = 0
     # Per message id, the time of every reply to it.
     replies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # Receipts apart from messages: sent, acknowledged (200), HTTP attempts.
+    receipts_sent: list[Receipt] = field(default_factory=list)
+    receipts_acked: set[Receipt] = field(default_factory=set)
+    receipt_deliveries: int = 0
+    receipt_redeliveries: int = 0
 
     def reply(self, mid: str, at: float) -> None:
         self.replies[mid].append(at)
+
+
+@dataclass(frozen=True)
+class ReceiptCount:
+    sent: int
+    acknowledged: int
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,10 @@ class Outcome:
     e2e_ms: tuple[float, float]
     deliveries: int
     redeliveries: int
+    # By kind (delivery, read): receipts sent and acknowledged; not messages.
+    receipts: dict[str, ReceiptCount] = field(default_factory=dict)
+    receipt_deliveries: int = 0
+    receipt_redeliveries: int = 0
     # For each reply that came late: (message, the later message answered first), in ms
     # since the first message was sent: sent, acknowledged, answered for both.
     reordered: list[dict[str, object]] = field(default_factory=list)
@@ -140,6 +184,15 @@ def outcome(record: Record) -> Outcome:
         e2e_ms=percentiles([first[m.mid] - record.sent_at[m.mid] for m in answered]),
         deliveries=record.deliveries,
         redeliveries=record.redeliveries,
+        receipts={
+            kind: ReceiptCount(
+                sum(1 for r in record.receipts_sent if r.kind == kind),
+                sum(1 for r in record.receipts_acked if r.kind == kind),
+            )
+            for kind in (DELIVERY, READ)
+        },
+        receipt_deliveries=record.receipt_deliveries,
+        receipt_redeliveries=record.receipt_redeliveries,
         reordered=reordered,
     )
 
@@ -210,6 +263,10 @@ class HttpPool:
 
 # Sends one delivery of a message; returns the HTTP outcome.
 Deliver = Callable[[Message], Awaitable[Delivery]]
+# Sends one delivery of a receipt; returns the HTTP outcome.
+SendReceipt = Callable[[Receipt], Awaitable[Delivery]]
+# When a message was first answered (``time.monotonic()``), once it is; None if never.
+Replied = Callable[[str], Awaitable[float | None]]
 
 
 MESSENGER = "messenger"
@@ -229,6 +286,10 @@ class LoadShape:
     timeout_s: float = 20.0  # Messenger gives up on a webhook after this and delivers again
     attempts: int = 5
     seed: int = 7
+    receipts: bool = True
+    # Seconds after a reply came that the phone sends each receipt.
+    delivery_receipt_s: tuple[float, float] = (0.05, 0.3)
+    read_receipt_s: tuple[float, float] = (0.5, 3.0)
 
 
 def plan(shape: LoadShape, texts: Sequence[str], run: str) -> list[list[Message]]:
@@ -250,36 +311,50 @@ async def play(
     answered: Callable[[], int],
     settle_s: float,
     progress: Callable[[str], None],
+    replied: Replied | None = None,
+    send_receipt: SendReceipt | None = None,
 ) -> None:
-    """Plays every user's messages, then waits until all are answered (or ``settle_s``)."""
+    """Plays every user's messages, then waits until all are answered (or ``settle_s``).
+
+    With ``shape.receipts``, ``replied`` and ``send_receipt`` are required:
+    each reply is followed by its receipts, and the receipts due are waited for.
+    """
+    if shape.receipts and (replied is None or send_receipt is None):
+        raise ValueError("receipts need replied and send_receipt")
     rng = random.Random(shape.seed + 1)
     pending: set[asyncio.Task[Any]] = set()
+    receipts_due: set[asyncio.Task[Any]] = set()
     # asyncio.Lock hands itself over in the order it was asked for: a
-    # conversation's messages are delivered in the order they were typed.
+    # conversation's deliveries go in the order they were made.
     gates: dict[str, asyncio.Lock] = {}
+    # Replies are timed on the monotonic clock; watermarks are wall-clock milliseconds.
+    wall_offset = time.time() - time.monotonic()
 
-    async def attempt(message: Message) -> bool:
-        record.deliveries += 1
+    async def attempt(
+        send: Callable[[], Awaitable[Delivery]], acked: Callable[[float], None]
+    ) -> bool:
         started = time.monotonic()
         try:
-            result = await deliver(message)
+            result = await send()
         except (OSError, asyncio.IncompleteReadError):
             return False
         if result.status != 200:
             return False
-        record.acks.append(time.monotonic() - started)
-        record.acked_at.setdefault(message.mid, time.monotonic())
+        acked(started)
         return True
 
     def track(task: asyncio.Task[Any]) -> None:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    async def delivery(message: Message) -> None:
+    async def until_acked(
+        send: Callable[[], Awaitable[Delivery]],
+        acked: Callable[[float], None],
+        counted: Callable[[int], None],
+    ) -> None:
         for number in range(shape.attempts):
-            if number:
-                record.redeliveries += 1
-            task = asyncio.create_task(attempt(message))
+            counted(number)
+            task = asyncio.create_task(attempt(send, acked))
             track(task)
             done, _ = await asyncio.wait({task}, timeout=shape.timeout_s)
             if not done:
@@ -290,15 +365,64 @@ async def play(
                 return
             await asyncio.sleep(0.5 * (number + 1))
 
+    async def delivery(message: Message) -> None:
+        def acked(started: float) -> None:
+            now = time.monotonic()
+            record.acks.append(now - started)
+            record.acked_at.setdefault(message.mid, now)
+
+        def counted(number: int) -> None:
+            record.deliveries += 1
+            if number:
+                record.redeliveries += 1
+
+        await until_acked(lambda: deliver(message), acked, counted)
+
     async def first_and_duplicate(message: Message, duplicate_after: float | None) -> None:
         if duplicate_after is not None:
             track(asyncio.create_task(_later(duplicate_after, delivery(message))))
         await delivery(message)
 
-    async def in_turn(message: Message, duplicate_after: float | None) -> None:
-        key = "page" if shape.per_page else message.user
+    async def in_turn(user: str, run: Callable[[], Awaitable[None]]) -> None:
+        if shape.mode != MESSENGER:
+            await run()
+            return
+        key = "page" if shape.per_page else user
         async with gates.setdefault(key, asyncio.Lock()):
-            await first_and_duplicate(message, duplicate_after)
+            await run()
+
+    async def receipt(message: Message, kind: str, due: float, watermark_ms: int) -> None:
+        assert send_receipt is not None
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        sent = Receipt(message.user, message.mid, kind, watermark_ms, int(time.time() * 1000))
+        record.receipts_sent.append(sent)
+
+        def counted(number: int) -> None:
+            record.receipt_deliveries += 1
+            if number:
+                record.receipt_redeliveries += 1
+
+        await in_turn(
+            message.user,
+            lambda: until_acked(
+                lambda: send_receipt(sent), lambda _: record.receipts_acked.add(sent), counted
+            ),
+        )
+
+    async def receipts(message: Message) -> None:
+        assert replied is not None
+        at = await replied(message.mid)
+        if at is None:
+            return
+        # Seeded per message, so that when replies come does not change the draws.
+        draw = random.Random(f"{shape.seed}-{message.mid}")
+        watermark_ms = math.ceil((at + wall_offset) * 1000)
+        for kind, delay in ((DELIVERY, shape.delivery_receipt_s), (READ, shape.read_receipt_s)):
+            task = asyncio.create_task(
+                receipt(message, kind, at + draw.uniform(*delay), watermark_ms)
+            )
+            track(task)
+            receipts_due.add(task)
 
     async def user(messages: list[Message]) -> None:
         await asyncio.sleep(rng.uniform(0, shape.think_s[1]))
@@ -307,8 +431,13 @@ async def play(
             record.sent_at[message.mid] = time.monotonic()
             duplicate = rng.random() < shape.duplicate_rate
             after = rng.uniform(*shape.duplicate_delay_s) if duplicate else None
-            send = in_turn if shape.mode == MESSENGER else first_and_duplicate
-            track(asyncio.create_task(send(message, after)))
+            track(
+                asyncio.create_task(
+                    in_turn(message.user, partial(first_and_duplicate, message, after))
+                )
+            )
+            if shape.receipts:
+                track(asyncio.create_task(receipts(message)))
             await asyncio.sleep(rng.uniform(*shape.think_s))
 
     total = sum(len(m) for m in users)
@@ -321,6 +450,9 @@ async def play(
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
             progress(f"{answered()}/{total} answered")
+    if receipts_due:
+        # The last replies' receipts are still to come.
+        await asyncio.wait(receipts_due, timeout=shape.read_receipt_s[1] + shape.timeout_s)
     # Late duplicates show up now, and in-flight retries finish.
     await asyncio.sleep(2.0)
     for task in list(pending):
@@ -347,6 +479,28 @@ def messenger_body(page_id: str, message: Message, at_ms: int) -> bytes:
                             "recipient": {"id": page_id},
                             "timestamp": at_ms,
                             "message": {"mid": message.mid, "text": message.text},
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
+
+
+def receipt_body(page_id: str, receipt: Receipt) -> bytes:
+    return json.dumps(
+        {
+            "object": "page",
+            "entry": [
+                {
+                    "id": page_id,
+                    "time": receipt.at_ms,
+                    "messaging": [
+                        {
+                            "sender": {"id": receipt.user},
+                            "recipient": {"id": page_id},
+                            "timestamp": receipt.at_ms,
+                            receipt.kind: {"watermark": receipt.watermark_ms},
                         }
                     ],
                 }

@@ -2,7 +2,8 @@
 
 The project is made from this repository's own sources: the NLU data and
 pipeline of services/nlu, the starter bot's texts from the dialogue domain,
-one rule per intent (plus one for the NLU fallback), the REST channel and a
+one rule per intent (plus one for the NLU fallback), the REST channel (and the
+Messenger channel, for the receipts of the Messenger-shaped load) and a
 Redis lock store. The trained model is cached, named by a hash of what it is
 made from, so a second run starts at once.
 """
@@ -130,10 +131,14 @@ def ensure_model(python: str, progress: Any = print) -> tuple[Path, Path]:
     return project, model
 
 
-def write_run_files(workdir: Path, redis_port: int, workers: int) -> tuple[Path, Path]:
-    """credentials.yml (the REST channel) and endpoints.yml (Redis lock store)."""
+def write_run_files(
+    workdir: Path, redis_port: int, workers: int, app_secret: str
+) -> tuple[Path, Path]:
+    """credentials.yml (the REST channel for messages, the Messenger channel for
+    receipts) and endpoints.yml (Redis lock store)."""
     credentials = workdir / "credentials.yml"
-    credentials.write_text("rest: {}\n")
+    messenger = {"verify": "bench-verify-token", "secret": app_secret, "page-access-token": "bench"}
+    credentials.write_text(yaml.safe_dump({"rest": {}, "facebook": messenger}, sort_keys=False))
     endpoints: dict[str, Any] = {
         "lock_store": {"type": "redis", "url": "127.0.0.1", "port": redis_port, "db": 1}
     }

@@ -2,8 +2,9 @@
 
 This stack runs exactly as ``make run`` starts it (``python -m cli.main run``),
 on its own Redis and a SQLite chatlog. Rasa runs as ``rasa run`` with the REST
-channel and a Redis lock store. A sampler follows every process of each
-service (children included) for CPU time and peak resident memory.
+channel (messages), its Messenger channel (receipts) and a Redis lock store. A
+sampler follows every process of each service (children included) for CPU time
+and peak resident memory.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ class OurStack:
 
 
 class RasaServer:
-    """``rasa run`` with the REST channel, a Redis lock store and its HTTP API."""
+    """``rasa run`` with the REST and Messenger channels, a Redis lock store and its HTTP API."""
 
     def __init__(
         self,
@@ -226,7 +227,7 @@ class RasaServer:
         self.workers = workers
         self.name = f"rasa run ({workers} worker{'s' if workers > 1 else ''})"
         self.port = free_port()
-        credentials, endpoints = write_run_files(workdir, redis_port, workers)
+        credentials, endpoints = write_run_files(workdir, redis_port, workers, APP_SECRET)
         self.log_path = workdir / f"rasa-{workers}.log"
         self._log = self.log_path.open("wb")
         env = {

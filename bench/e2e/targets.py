@@ -2,13 +2,17 @@
 
 For this stack a delivery is a signed Messenger webhook and a reply is a Send
 API call the Graph API stand-in receives; for Rasa both are one REST call
-(its response carries the reply). Each target also says which processes are
+(its response carries the reply). A receipt is a signed Messenger webhook to
+both: this stack's gateway and Rasa's Messenger channel (``facebook``), which
+is where Messenger would send it. Each target also says which processes are
 the system (their CPU is the system's cost) and which are stand-ins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -21,11 +25,13 @@ import redis
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.chatlog.v1 import chatlog_service_pb2_grpc as chatlog_grpc
 
-from bench.e2e.load import Delivery, HttpPool, Message, messenger_body
+from bench.e2e.load import Delivery, HttpPool, Message, Receipt, messenger_body, receipt_body
 from bench.e2e.systems import APP_SECRET, PAGE_ID, GraphProcess, OurStack, RasaServer
 from services.gateway.messenger.signature import sign
 
 TENANT_ID = "default"
+# Rasa's Messenger channel (``facebook`` in credentials.yml).
+FACEBOOK_WEBHOOK = "/webhooks/facebook/webhook"
 
 
 class Replies:
@@ -98,6 +104,9 @@ class Target:
     async def deliver(self, message: Message) -> Delivery:
         raise NotImplementedError
 
+    async def deliver_receipt(self, receipt: Receipt) -> Delivery:
+        raise NotImplementedError
+
     def system_roots(self) -> dict[str, list[int]]:
         raise NotImplementedError
 
@@ -151,6 +160,13 @@ class StackTarget(Target):
             body = self._bodies[message.mid] = messenger_body(
                 PAGE_ID, message, int(time.time() * 1000)
             )
+        status, _ = await self.pool().post(
+            "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(APP_SECRET, body)}
+        )
+        return Delivery(status)
+
+    async def deliver_receipt(self, receipt: Receipt) -> Delivery:
+        body = receipt_body(PAGE_ID, receipt)
         status, _ = await self.pool().post(
             "/webhooks/messenger", body, {"X-Hub-Signature-256": sign(APP_SECRET, body)}
         )
@@ -253,6 +269,15 @@ class RasaTarget(Target):
         if status == 200 and json.loads(payload or b"[]"):
             self.replies.on_send(message.mid, message.user, time.monotonic())
         return Delivery(status)
+
+    async def deliver_receipt(self, receipt: Receipt) -> Delivery:
+        body = receipt_body(PAGE_ID, receipt)
+        # Meta sends both headers; Rasa's channel checks the SHA-1 one.
+        sha1 = hmac.new(APP_SECRET.encode(), body, hashlib.sha1).hexdigest()
+        headers = {"X-Hub-Signature": f"sha1={sha1}", "X-Hub-Signature-256": sign(APP_SECRET, body)}
+        status, payload = await self.pool().post(FACEBOOK_WEBHOOK, body, headers)
+        # A bad signature is answered 200 "not validated": not an acknowledgement.
+        return Delivery(status if payload == b"success" else 403)
 
     def system_roots(self) -> dict[str, list[int]]:
         return self.server.process_roots()

@@ -9,24 +9,30 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.e2e.load import (
+    DELIVERY,
     MESSENGER,
     OVERLAPPING,
+    READ,
     Delivery,
     HttpPool,
     LoadShape,
     Message,
+    Receipt,
+    ReceiptCount,
     Record,
     outcome,
     percentile,
     percentiles,
     plan,
     play,
+    receipt_body,
 )
 from bench.e2e.order import attribute, late
 from bench.e2e.rasa_baseline import project_files
@@ -195,43 +201,85 @@ def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
 
 
 class _Server:
-    """A hand-written stand-in for a webhook: answers 200 after ``delay``, records overlap."""
+    """A hand-written stand-in for a webhook: answers 200 after ``delay``, records overlap.
 
-    def __init__(self, delay: float, fail_first: frozenset[str] = frozenset()) -> None:
+    Every message is answered as soon as its delivery is acknowledged; receipts are recorded.
+    """
+
+    def __init__(
+        self,
+        delay: float,
+        fail_first: frozenset[str] = frozenset(),
+        fail_first_receipt: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         self.delay = delay
         self.fail_first = set(fail_first)
+        self.fail_first_receipt = set(fail_first_receipt)
         self.in_flight: dict[str, int] = {}
         self.most_per_user = 0
         self.most_at_once = 0
         self.arrivals: list[str] = []
+        self.receipts: list[Receipt] = []
+        # When each message was answered (time.monotonic()), and how it would be in wall time.
+        self.answered: dict[str, float] = {}
+        self.answered_wall_ms: dict[str, float] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
 
-    async def deliver(self, message: Message) -> Delivery:
-        self.arrivals.append(message.mid)
-        self.in_flight[message.user] = self.in_flight.get(message.user, 0) + 1
-        self.most_per_user = max(self.most_per_user, self.in_flight[message.user])
+    async def _turn(self, user: str) -> None:
+        self.in_flight[user] = self.in_flight.get(user, 0) + 1
+        self.most_per_user = max(self.most_per_user, self.in_flight[user])
         self.most_at_once = max(self.most_at_once, sum(self.in_flight.values()))
         try:
             await asyncio.sleep(self.delay)
         finally:
-            self.in_flight[message.user] -= 1
+            self.in_flight[user] -= 1
+
+    async def deliver(self, message: Message) -> Delivery:
+        self.arrivals.append(message.mid)
+        await self._turn(message.user)
         if message.mid in self.fail_first:
             self.fail_first.discard(message.mid)
             return Delivery(500)
+        if message.mid not in self.answered:
+            self.answered[message.mid] = time.monotonic()
+            self.answered_wall_ms[message.mid] = time.time() * 1000
+            self._event(message.mid).set()
         return Delivery(200)
+
+    async def deliver_receipt(self, receipt: Receipt) -> Delivery:
+        self.receipts.append(receipt)
+        await self._turn(receipt.user)
+        if (receipt.mid, receipt.kind) in self.fail_first_receipt:
+            self.fail_first_receipt.discard((receipt.mid, receipt.kind))
+            return Delivery(503)
+        return Delivery(200)
+
+    async def replied(self, mid: str) -> float | None:
+        await self._event(mid).wait()
+        return self.answered[mid]
+
+    def _event(self, mid: str) -> asyncio.Event:
+        return self._waiting.setdefault(mid, asyncio.Event())
 
 
 def _play(shape: LoadShape, server: _Server) -> Record:
     users = plan(shape, ["hi"], "t")
     record = Record()
     total = shape.users * shape.messages
-    asyncio.run(play(shape, users, server.deliver, record, lambda: total, 0.0, lambda _: None))
+    asyncio.run(
+        play(
+            shape, users, server.deliver, record, lambda: total, 0.0, lambda _: None,
+            replied=server.replied, send_receipt=server.deliver_receipt,
+        )
+    )  # fmt: skip
     return record
 
 
-def _shape(mode: str, per_page: bool = False) -> LoadShape:
+def _shape(mode: str, per_page: bool = False, receipts: bool = False) -> LoadShape:
     return LoadShape(
         users=3, messages=4, mode=mode, per_page=per_page, think_s=(0.0, 0.002),
-        duplicate_rate=0.0, timeout_s=5.0,
+        duplicate_rate=0.0, timeout_s=5.0, receipts=receipts,
+        delivery_receipt_s=(0.0, 0.01), read_receipt_s=(0.02, 0.03),
     )  # fmt: skip
 
 
@@ -268,12 +316,58 @@ def test_a_delivery_without_a_200_is_delivered_again() -> None:
 def test_duplicates_arrive_later_outside_the_one_at_a_time_rule() -> None:
     shape = LoadShape(
         users=1, messages=20, think_s=(0.0, 0.001), duplicate_rate=1.0,
-        duplicate_delay_s=(0.0, 0.0), timeout_s=5.0,
+        duplicate_delay_s=(0.0, 0.0), timeout_s=5.0, receipts=False,
     )  # fmt: skip
     server = _Server(delay=0.03)
     _play(shape, server)
     assert len(server.arrivals) == 40
     assert server.most_per_user > 1
+
+
+def test_each_reply_is_followed_by_a_delivery_then_a_read_receipt_in_turn() -> None:
+    server = _Server(delay=0.005)
+    record = _play(_shape(MESSENGER, receipts=True), server)
+    mids = [m.mid for m in record.messages]
+    for kind in (DELIVERY, READ):
+        assert sorted(r.mid for r in server.receipts if r.kind == kind) == sorted(mids)
+    for mid in mids:
+        kinds = [r.kind for r in server.receipts if r.mid == mid]
+        assert kinds == [DELIVERY, READ]
+        (mark,) = {r.watermark_ms for r in server.receipts if r.mid == mid}
+        # The reply's time in wall-clock milliseconds (rounded up); sent after it.
+        assert mark == pytest.approx(server.answered_wall_ms[mid], abs=5)
+        assert all(r.at_ms >= mark - 5 for r in server.receipts if r.mid == mid)
+    # Receipts share the conversation's one-at-a-time rule with its messages.
+    assert server.most_per_user == 1
+
+
+def test_receipts_are_counted_apart_from_the_messages() -> None:
+    server = _Server(delay=0.0, fail_first_receipt=frozenset({("m-t-1-2", READ)}))
+    record = _play(_shape(MESSENGER, receipts=True), server)
+    result = outcome(record)
+    assert result.receipts == {DELIVERY: ReceiptCount(12, 12), READ: ReceiptCount(12, 12)}
+    # The refused read receipt was delivered again, like a message would be.
+    assert (result.receipt_deliveries, result.receipt_redeliveries) == (25, 1)
+    assert (result.deliveries, result.redeliveries) == (12, 0)
+    assert len(record.acks) == 12
+
+
+def test_no_receipts_without_the_option() -> None:
+    server = _Server(delay=0.0)
+    result = outcome(_play(_shape(MESSENGER), server))
+    assert server.receipts == []
+    assert result.receipts == {DELIVERY: ReceiptCount(0, 0), READ: ReceiptCount(0, 0)}
+
+
+def test_a_receipt_is_a_messenger_event_with_a_watermark_and_no_message() -> None:
+    receipt = Receipt("u-1", "m-1", READ, watermark_ms=1_700_000_000_123, at_ms=1_700_000_001_000)
+    (event,) = json.loads(receipt_body("page-1", receipt))["entry"][0]["messaging"]
+    assert event == {
+        "sender": {"id": "u-1"},
+        "recipient": {"id": "page-1"},
+        "timestamp": 1_700_000_001_000,
+        "read": {"watermark": 1_700_000_000_123},
+    }
 
 
 def test_rasa_project_has_a_rule_and_a_response_for_every_intent() -> None:
@@ -325,6 +419,11 @@ def test_a_tiny_run_of_every_mode_measures_both_systems(tmp_path: Path) -> None:
         assert 0 < probe["p50_ms"] <= probe["p99_ms"], name
         ordering = result["ordering"]
         assert (ordering["outcome"]["messages"], ordering["outcome"]["answered"]) == (12, 12)
+        # A delivery and a read receipt for every reply, each acknowledged.
+        assert ordering["shape"]["receipts"], name
+        assert ordering["outcome"]["receipts"] == {
+            kind: {"sent": 12, "acknowledged": 12} for kind in ("delivery", "read")
+        }, name
         # Every message is in the server's own record of what it received.
         assert ordering["order"]["unknown"] == 0, name
         assert ordering["redis_per_message"]["commands"] > 0, name
