@@ -26,7 +26,7 @@
     referrals: {summer-sale: /order_status} # m.me/<page>?ref=summer-sale ("*": any ref)
     slots: [order_id, city]                 # entities remembered per user
     handoff_intent: human_handoff
-    mark_seen: true                         # "seen" shown as a message's turn starts
+    mark_seen: true                         # "seen" shown while a slow answer is on its way
     messenger_profile: {get_started: GET_STARTED, greeting: {default: "Hi!"}}  # optional
 
 The page's Messenger profile (Get Started, greeting, menu, ice breakers) is
@@ -138,7 +138,7 @@ class Domain:
     handoff_intent: str = "human_handoff"
     fallback_intent: str = "nlu_fallback"
     messenger_profile: MessengerProfile | None = None  # None: the file has no such section
-    mark_seen: bool = True  # show the user their message was seen as its turn starts
+    mark_seen: bool = True  # show "seen" while a slow answer (over 0.3 s) is on its way
     # An m.me link's or an ad's ``ref`` -> the payload it stands for ("*": any other ref).
     referrals: Mapping[str, str] = field(default_factory=dict)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
+from typing import Any
 
 from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
@@ -70,6 +71,18 @@ def _forget_delivery(step: asyncio.Future[None]) -> None:
     _DELIVERIES.discard(step)
 
 
+def _detached(work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """Runs ``work`` beside the turn, held until it ends."""
+    step = asyncio.ensure_future(work)
+    _DELIVERIES.add(step)
+    step.add_done_callback(_forget_delivery)
+    return step
+
+
+# A message whose answer takes longer than this is marked seen meanwhile.
+SEEN_AFTER_S = 0.3
+
+
 def _report_detached(step: asyncio.Future[None]) -> None:
     if not step.cancelled() and step.exception() is not None:
         _log.warning(
@@ -113,19 +126,25 @@ class Processor:
         domain = self._domains[tenant.id]
         handed_off = head.handoff.get("active") == "1"
         outcome = policy.SILENT
-        if policy.answerable(event, domain) and not handed_off:
-            if domain.mark_seen:
-                self._mark_seen(lease.user, tenant)
-            outcome = await self._answer(lease.user, tenant, domain, event, head.slots)
-        turn = Turn(
-            user=lease.user,
-            fencing_token=lease.token,
-            handed_off=handed_off,
-            received_ms=received_ms(event, head.item.enqueue_ms),
-            started_ms=started_ms,
-            respond_ms=_now_ms(),
+        answerable = policy.answerable(event, domain) and not handed_off
+        seen = (
+            self._mark_seen_if_slow(lease.user, tenant) if answerable and domain.mark_seen else None
         )
-        turn, outbox = await self._deliver(lease, tenant, head, event, outcome, turn)
+        try:
+            if answerable:
+                outcome = await self._answer(lease.user, tenant, domain, event, head.slots)
+            turn = Turn(
+                user=lease.user,
+                fencing_token=lease.token,
+                handed_off=handed_off,
+                received_ms=received_ms(event, head.item.enqueue_ms),
+                started_ms=started_ms,
+                respond_ms=_now_ms(),
+            )
+            turn, outbox = await self._deliver(lease, tenant, head, event, outcome, turn)
+        finally:
+            if seen is not None:
+                seen.cancel()  # answered in time: the answer says it was seen
         handoff = outcome.handoff.fields() if outcome.handoff else {}
         handoff |= _user_message_time(event, head)
         return await self._store.complete(
@@ -176,13 +195,21 @@ class Processor:
         await self._record(records)
         return b""
 
-    def _mark_seen(self, user: UserId, tenant: Tenant) -> None:
-        """Marks the message seen, beside the turn: the reply never waits for it."""
+    def _mark_seen_if_slow(self, user: UserId, tenant: Tenant) -> asyncio.Future[None] | None:
+        """Marks the message seen if its answer takes longer than ``SEEN_AFTER_S``.
+
+        Beside the turn, so the reply never waits for it; a quick answer needs
+        no "seen" of its own, and skipping it keeps a Graph call off the common path."""
         channel = self._channels.get(user.channel)
-        if channel is not None:
-            step = asyncio.ensure_future(channel.mark_seen(tenant, user.user_id))
-            _DELIVERIES.add(step)
-            step.add_done_callback(_forget_delivery)
+        if channel is None:
+            return None
+
+        async def later() -> None:
+            await asyncio.sleep(SEEN_AFTER_S)
+            # Once started, the call ends on its own: the timer's cancel does not reach it.
+            _detached(channel.mark_seen(tenant, user.user_id))
+
+        return _detached(later())
 
     async def _record(self, records: list[chatlog_pb.ChatMessage]) -> None:
         if records:

@@ -13,9 +13,10 @@ from chatbot.chatlog.v1 import chatlog_service_pb2 as chatlog_pb
 from chatbot.common.v1 import event_pb2
 from chatbot.dialogue.v1 import dialogue_service_pb2 as pb
 
-from harness.standins import GraphApi, RecordingChatlog
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from mesh.config import ConfigError
 from services.dialogue.domain import load_domain
+from services.dialogue.processor import SEEN_AFTER_S
 from tests.dialogue.conftest import TENANT, Replicas, message_event, settled, submit, wait_for
 
 LONG = " ".join(f"word{i}" for i in range(500))  # about 3,900 characters
@@ -130,10 +131,26 @@ def test_replies_go_as_messenger_templates_media_and_word_split_text(
     }
     assert outbound()["m_sf_3"].text == LONG
 
-    # Each message was marked seen as its turn started.
+    # Answered at once: no "seen" of its own (the answer shows it).
     with graph_api.lock:
         seen = [a for a in graph_api.sender_actions if a["recipient"]["id"] == user]
-    assert [a["sender_action"] for a in seen] == ["mark_seen"] * 4
+    assert seen == []
+
+
+def test_a_slow_answer_is_marked_seen_meanwhile(
+    replicas: Replicas, graph_api: GraphApi, keyword_nlu: KeywordNlu
+) -> None:
+    replicas.start(1)
+    stub = replicas.stub()
+    keyword_nlu.delay_s = 3 * SEEN_AFTER_S
+    submit(stub, message_event("slow-1", "m_slow_1", "hello"))
+    wait_for(lambda: settled(replicas, ["slow-1"]) and _messages_to(graph_api, "slow-1"))
+    with graph_api.lock:
+        seen = [a for a in graph_api.sender_actions if a["recipient"]["id"] == "slow-1"]
+        reply = next(s for s in graph_api.sent if s.recipient == "slow-1")
+    assert [a["sender_action"] for a in seen] == ["mark_seen"]
+    assert seen[0]["recipient"] == {"id": "slow-1"}
+    assert reply.in_reply_to == "m_slow_1"
 
 
 def test_receipts_take_no_turn_and_reach_the_chatlog(
