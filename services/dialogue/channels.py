@@ -242,9 +242,14 @@ class MessengerChannel:
         return message_id
 
     async def _post_messages(
-        self, tenant: Tenant, body: Mapping[str, object], timeout: float
+        self,
+        tenant: Tenant,
+        body: Mapping[str, object],
+        timeout: float,
+        deadline: float | None = None,
     ) -> HttpResponse:
-        """One POST to the page's messages endpoint (replies and sender actions)."""
+        """One POST to the page's messages endpoint (replies and sender actions).
+        With a ``deadline``, the request is not written once it could end after it."""
         return await self._client.request(
             "POST",
             self._url,
@@ -252,6 +257,7 @@ class MessengerChannel:
             params=graph_params(tenant),
             json_body=body,
             timeout=timeout,
+            write_by=None if deadline is None else deadline - _MARGIN_S,
         )
 
     async def typing(self, tenant: Tenant, user_id: str, on: bool = True) -> None:
@@ -318,7 +324,7 @@ class MessengerChannel:
             if key in self._uncertain:
                 metrics.SEND_RESENT_AFTER_LOST.inc()
             try:
-                message_id = await self._post_once(tenant, body, timeout, in_reply_to)
+                message_id = await self._post_once(tenant, body, timeout, in_reply_to, deadline)
                 self._uncertain.pop(key, None)
                 return message_id
             except _Lost:
@@ -348,12 +354,17 @@ class MessengerChannel:
             await asyncio.sleep(pause)
 
     async def _post_once(
-        self, tenant: Tenant, body: dict[str, object], timeout: float, in_reply_to: str
+        self,
+        tenant: Tenant,
+        body: dict[str, object],
+        timeout: float,
+        in_reply_to: str,
+        deadline: float | None = None,
     ) -> str:
         call = self.breaker.started()
         try:
             # The timeout bounds the whole exchange, so a trickle trips it too.
-            response = await self._post_messages(tenant, body, timeout)
+            response = await self._post_messages(tenant, body, timeout, deadline)
         except MaybeSent as exc:
             self.breaker.failed(call, lost=True)
             metrics.SEND_ATTEMPTS.labels("lost").inc()

@@ -15,7 +15,9 @@ request), more than the rest of a turn; aiohttp spends a fraction of one.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -50,10 +52,32 @@ class HttpResponse:
         return json.loads(self.body)
 
 
+class _TooLate(Exception):
+    """The connection came after the request's last moment to be written."""
+
+
 async def _headers_sent(
     session: aiohttp.ClientSession, context: SimpleNamespace, params: object
 ) -> None:
     context.trace_request_ctx["written"] = True
+
+
+# The moment the current task's request may be written by, if any.
+_WRITE_BY: contextvars.ContextVar[float | None] = contextvars.ContextVar("write_by", default=None)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Checks, once a request has its connection and just before it is written,
+    that it is not too late: a process paused while connecting (or waiting for a
+    connection) must not send when it wakes up."""
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        write_by = _WRITE_BY.get()
+        if write_by is not None and time.monotonic() > write_by:
+            connection.close()
+            raise _TooLate()
+        return connection
 
 
 class HttpClient:
@@ -68,7 +92,7 @@ class HttpClient:
             trace = aiohttp.TraceConfig()
             trace.on_request_headers_sent.append(_headers_sent)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=_Connector(limit=self._max_connections),
                 trace_configs=[trace],
                 # Redirects are never followed: the Send API does not redirect.
                 auto_decompress=True,
@@ -84,11 +108,14 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         json_body: object = None,
+        write_by: float | None = None,
     ) -> HttpResponse:
         """One request, answered within ``timeout`` seconds in all (a trickle
-        included), or ``NotSent`` / ``MaybeSent``."""
+        included), or ``NotSent`` / ``MaybeSent``. ``write_by`` (``time.monotonic()``):
+        a request whose connection is ready only later is not written (``NotSent``)."""
         session = self._open()
         state: dict[str, bool] = {"written": False}
+        token = _WRITE_BY.set(write_by)
         try:
             async with session.request(
                 method,
@@ -102,10 +129,14 @@ class HttpClient:
             ) as response:
                 body = await response.read()
                 return HttpResponse(response.status, body)
+        except _TooLate as exc:
+            raise NotSent("the connection came too late to write the request") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if not state["written"]:
                 raise NotSent(f"{type(exc).__name__}: {exc}") from exc
             raise MaybeSent(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            _WRITE_BY.reset(token)
 
     async def aclose(self) -> None:
         if self._session is not None:
