@@ -160,7 +160,7 @@ lint: proto ## Lint the contracts (buf), the code (ruff) and the types (mypy).
 	$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	MYPYPATH=$(GEN_PY) $(VENV)/bin/mypy mesh services tests cli harness
+	MYPYPATH=$(GEN_PY) $(VENV)/bin/mypy mesh services tests cli harness bench
 
 .PHONY: breaking
 breaking: $(VENV)/.installed ## Check the contracts against main for breaking changes.

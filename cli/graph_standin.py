@@ -5,8 +5,10 @@ Facebook page: ``POST /<version>/me/messages`` is recorded and answered like
 the Send API; ``GET /<version>/me`` answers the page's id (the dialogue's
 Send API breaker asks it whether the API answers); the Handover Protocol's
 ``POST /me/pass_thread_control``, ``take_thread_control`` and
-``request_thread_control`` succeed, ``GET /me/thread_owner`` names the app
-last passed a thread and ``GET /me/secondary_receivers`` lists the Page Inbox;
+``request_thread_control`` keep each thread's owner as Meta does (a pass to an
+app that is not a receiver, or of a thread another app owns, is refused),
+``GET /me/thread_owner`` names it and ``GET /me/secondary_receivers`` lists
+the Page Inbox;
 ``/me/messenger_profile`` keeps the page's profile as the Messenger Profile API
 does (GET with ``fields``, POST, DELETE with ``fields``, and Meta's refusals),
 so ``chatbot messenger-profile apply`` can be tried against ``make run``;
@@ -37,12 +39,18 @@ DEMO_ORDERS = {
 
 
 def route(
-    method: str, target: str, body: bytes, profile: dict[str, Any] | None = None
+    method: str,
+    target: str,
+    body: bytes,
+    profile: dict[str, Any] | None = None,
+    thread_owners: dict[str, str] | None = None,
 ) -> tuple[int, object, tuple[str, str, str] | None]:
     """One request's answer: (status, JSON body, (recipient, text, in_reply_to) of a reply sent).
 
-    ``profile``: the page's Messenger profile, kept in place (default: this process's).
+    ``profile``: the page's Messenger profile; ``thread_owners``: each
+    recipient's thread owner; both kept in place (default: this process's).
     """
+    owners = _thread_owners if thread_owners is None else thread_owners
     url = urlparse(target)
     try:
         doc = json.loads(body or b"{}")
@@ -58,8 +66,8 @@ def route(
     if method == "POST":
         edge = url.path.rsplit("/", 1)[-1]
         if edge in _THREAD_EDGES:
-            status, answer = _thread_control(edge, doc)
-            return status, answer, None
+            answer = _threads(owners, edge, doc if isinstance(doc, dict) else {})
+            return (400 if "error" in answer else 200), answer, None
         if not url.path.endswith("/me/messages"):
             return 404, {"error": {"message": "unknown path", "code": 100}}, None
         recipient = str(doc.get("recipient", {}).get("id", ""))
@@ -73,11 +81,10 @@ def route(
         return 200, {"recipient_id": recipient, "message_id": message_id}, reply
     if url.path.endswith("/me"):
         return 200, {"id": "page-1"}, None
-    if url.path.endswith("/me/thread_owner"):
-        owner = _thread_owners.get(parse_qs(url.query).get("recipient", [""])[0])
-        return 200, {"data": [{"thread_owner": {"app_id": owner}}] if owner else []}, None
-    if url.path.endswith("/me/secondary_receivers"):
-        return 200, {"data": [{"id": PAGE_INBOX_APP_ID, "name": "Page Inbox"}]}, None
+    if url.path.endswith(("/me/thread_owner", "/me/secondary_receivers")):
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        answer = _threads(owners, url.path.rsplit("/", 1)[-1], query)
+        return (400 if "error" in answer else 200), answer, None
     if url.path.startswith("/orders/"):
         order = DEMO_ORDERS.get(url.path.rsplit("/", 1)[1])
         return (200, order, None) if order else (404, {"error": "none"}, None)
@@ -87,24 +94,68 @@ def route(
     return 404, {}, None
 
 
+def _threads(owners: dict[str, str], edge: str, body: dict[str, Any]) -> dict[str, Any]:
+    return thread_call(edge, body, app_id=STANDIN_APP_ID, receivers=_receivers, owners=owners)
+
+
 _sent_ids = itertools.count(1)
 _page_profile: dict[str, Any] = {}
 PAGE_INBOX_APP_ID = "263902037430900"
+STANDIN_APP_ID = "1111"  # the app the stand-in's page answers for
 _THREAD_EDGES = ("pass_thread_control", "take_thread_control", "request_thread_control")
-_thread_owners: dict[str, str] = {}  # recipient -> the app last passed the thread
+_thread_owners: dict[str, str] = {}  # recipient -> the thread's owner (absent: idle)
+_receivers = {PAGE_INBOX_APP_ID: "Page Inbox"}
 
 
-def _thread_control(edge: str, doc: dict[str, Any]) -> tuple[int, object]:
-    recipient = str((doc.get("recipient") or {}).get("id", ""))
-    if not recipient:
-        return 400, {
-            "error": {"message": "(#100) The parameter recipient is required", "code": 100}
-        }
+def thread_error(code: int, message: str, subcode: int = 0) -> dict[str, Any]:
+    found: dict[str, Any] = {"message": f"(#{code}) {message}", "code": code}
+    if subcode:
+        found["error_subcode"] = subcode
+    return {"error": found}
+
+
+def thread_call(
+    edge: str,
+    body: dict[str, Any],
+    *,
+    app_id: str,
+    receivers: dict[str, str],
+    owners: dict[str, str],
+    refuse: Callable[[str], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """The Handover Protocol on ``owners``, with the refusals Meta documents.
+
+    ``edge``: a POST edge, or ``thread_owner`` / ``secondary_receivers`` (GET,
+    ``body`` the query); ``refuse(psid)`` may refuse a change of owner first
+    (the person is unavailable, the window has closed).
+    """
+    if edge == "secondary_receivers":
+        return {"data": [{"id": i, "name": n} for i, n in receivers.items()]}
+    recipient = body.get("recipient")
+    if edge == "thread_owner":
+        recipient = {"id": recipient} if isinstance(recipient, str) else None
+    if not isinstance(recipient, dict) or not recipient.get("id"):
+        return thread_error(100, "The parameter recipient is required")
+    psid = str(recipient["id"])
+    if edge == "thread_owner":
+        owner = owners.get(psid)
+        return {"data": [{"thread_owner": {"app_id": owner}}] if owner else []}
+    refused = refuse(psid) if refuse else None
+    if refused is not None:
+        return refused
+    owner = owners.get(psid, "")
     if edge == "pass_thread_control":
-        _thread_owners[recipient] = str(doc.get("target_app_id") or "")
+        target = str(body.get("target_app_id") or "")
+        if not target:
+            return thread_error(100, "The parameter target_app_id is required")
+        if owner and owner != app_id:
+            return thread_error(10, "The app is not the thread owner.", 2018300)
+        if target not in receivers and target != app_id:
+            return thread_error(100, "The target app is not a secondary receiver of the page.")
+        owners[psid] = target
     elif edge == "take_thread_control":
-        _thread_owners.pop(recipient, None)
-    return 200, {"success": True}
+        owners[psid] = app_id
+    return {"success": True}  # request_thread_control: the owner is told; nothing changes
 
 
 PROFILE_FIELDS = (
@@ -171,6 +222,7 @@ class GraphStandIn:
     on_send: Callable[[Sent], None] | None = None
     close_connections: bool = False
     profile: dict[str, Any] = field(default_factory=dict)  # the page's Messenger profile
+    thread_owners: dict[str, str] = field(default_factory=dict)  # recipient -> owner app
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> GraphStandIn:
@@ -198,7 +250,9 @@ class GraphStandIn:
 
             def _answer(self, method: str, body: bytes) -> None:
                 with owner.lock:
-                    status, doc, reply = route(method, self.path, body, owner.profile)
+                    status, doc, reply = route(
+                        method, self.path, body, owner.profile, owner.thread_owners
+                    )
                 if reply is not None:
                     sent = Sent(*reply, time.monotonic())
                     with owner.lock:

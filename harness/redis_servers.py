@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -111,16 +112,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stops (SIGTERM: the append-only file is flushed) and starts again on the same port."""
-        self.stop()
+    def restart(self, down_s: float = 0.0, sig: signal.Signals = signal.SIGTERM) -> float:
+        """Stops with ``sig`` (SIGTERM: the append-only file is flushed), stays
+        down ``down_s`` and starts on the same port; returns how long nothing answered."""
+        started = time.monotonic()
+        self.stop(sig)
         time.sleep(down_s)
         if not self._start(self.dir.parent, self._cluster):
             raise RuntimeError(f"redis-server did not restart on {self.port}")
+        return time.monotonic() - started
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -42,7 +42,7 @@ from chatbot.nlu.v1 import nlu_service_pb2 as nlu_pb
 from chatbot.nlu.v1 import nlu_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cli.graph_standin import profile_call
+from cli.graph_standin import PAGE_INBOX_APP_ID, profile_call, thread_call, thread_error
 from harness.support import free_port
 
 
@@ -118,7 +118,7 @@ class GraphApi:
     # and a rule that may refuse one: (edge, body) -> (status, body) or None.
     app_id: str = "1111"
     secondary_receivers: dict[str, str] = field(
-        default_factory=lambda: {"263902037430900": "Page Inbox", "2222": "Support desk"}
+        default_factory=lambda: {PAGE_INBOX_APP_ID: "Page Inbox", "2222": "Support desk"}
     )
     thread_owners: dict[str, str] = field(default_factory=dict)
     thread_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -440,46 +440,21 @@ _PERSON = re.compile(r"^/v\d+\.\d+/(?!me$)([^/]+)$")
 
 
 def _thread_call(api: GraphApi, edge: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The Handover Protocol on ``api.thread_owners``, with the refusals Meta documents."""
+    """The Handover Protocol on ``api.thread_owners``; a person who is unavailable,
+    or whose window has closed, is refused as Meta refuses them."""
 
-    def error(code: int, message: str, subcode: int = 0) -> dict[str, Any]:
-        found: dict[str, Any] = {"message": f"(#{code}) {message}", "code": code}
-        if subcode:
-            found["error_subcode"] = subcode
-        return {"error": found}
+    def refuse(psid: str) -> dict[str, Any] | None:
+        if psid in api.unavailable:
+            return thread_error(551, "This person isn't available right now.", 1545041)
+        last = api.last_user_message_ms.get(psid)
+        if last is not None and time.time() * 1000 - last > 24 * _HOUR_MS:
+            return thread_error(10, "This message is sent outside of allowed window.", 2018278)
+        return None
 
-    if edge == "secondary_receivers":
-        receivers = [{"id": i, "name": n} for i, n in api.secondary_receivers.items()]
-        return {"data": receivers}
-    recipient = body.get("recipient")
-    if edge == "thread_owner":
-        recipient = {"id": recipient} if isinstance(recipient, str) else None
-    if not isinstance(recipient, dict) or not recipient.get("id"):
-        return error(100, "The parameter recipient is required")
-    psid = str(recipient["id"])
-    if edge == "thread_owner":
-        owner = api.thread_owners.get(psid)
-        return {"data": [{"thread_owner": {"app_id": owner}}] if owner else []}
-    if psid in api.unavailable:
-        return error(551, "This person isn't available right now.", 1545041)
-    last = api.last_user_message_ms.get(psid)
-    if last is not None and time.time() * 1000 - last > 24 * _HOUR_MS:
-        return error(10, "This message is sent outside of allowed window.", 2018278)
-    owner = api.thread_owners.get(psid, "")
-    if edge == "pass_thread_control":
-        target = str(body.get("target_app_id") or "")
-        if not target:
-            return error(100, "The parameter target_app_id is required")
-        if owner and owner != api.app_id:
-            return error(10, "The app is not the thread owner.", 2018300)
-        if target not in api.secondary_receivers and target != api.app_id:
-            return error(100, "The target app is not a secondary receiver of the page.")
-        api.thread_owners[psid] = target
-        return {"success": True}
-    if edge == "take_thread_control":
-        api.thread_owners[psid] = api.app_id
-        return {"success": True}
-    return {"success": True}  # request_thread_control: the owner is told; nothing changes
+    return thread_call(
+        edge, body, app_id=api.app_id, receivers=api.secondary_receivers,
+        owners=api.thread_owners, refuse=refuse,
+    )  # fmt: skip
 
 
 KEYWORDS = [
@@ -543,15 +518,19 @@ class KeywordNlu:
         self.up = True
         self.calls: list[str] = []
         self.lock = threading.Lock()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self._server = self._serve()
+
+    def _serve(self) -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
         # Stand-ins implement only what the dialogue service calls.
         servicer = _KeywordNluServicer(self)  # type: ignore[abstract]
-        nlu_service_pb2_grpc.add_NluServiceServicer_to_server(servicer, self._server)
+        nlu_service_pb2_grpc.add_NluServiceServicer_to_server(servicer, server)
         health_servicer = health.HealthServicer()
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self._server.start()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        server.add_insecure_port(self.address)
+        server.start()
+        return server
 
     @property
     def address(self) -> str:

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from chatbot.chatlog.v1 import chatlog_service_pb2 as pb
@@ -38,6 +39,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.cassandra import CassandraNode
+
+if TYPE_CHECKING:  # the async stub's type exists only in the generated .pyi file
+    from chatbot.chatlog.v1.chatlog_service_pb2_grpc import ChatlogServiceAsyncStub
 from harness.support import REPO, free_port
 
 TENANT = "bench"
@@ -78,7 +82,10 @@ def timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
-def turns(conversations: int, per_conversation: int, days: int, seed: int) -> Iterator[list]:
+Turn = tuple[int, int, float, random.Random]  # conversation, turn, time, random source
+
+
+def turns(conversations: int, per_conversation: int, days: int, seed: int) -> Iterator[Turn]:
     """Messages in the order a busy bot appends them: turn 1 of many conversations, then 2..."""
     rng = random.Random(seed)
     starts = [START + rng.uniform(0, days * 86_400 * 0.6) for _ in range(conversations)]
@@ -86,7 +93,7 @@ def turns(conversations: int, per_conversation: int, days: int, seed: int) -> It
     for turn in range(per_conversation // 2):
         for c in range(conversations):
             at = starts[c] + turn * gaps[c]
-            yield [c, turn, at, rng]
+            yield c, turn, at, rng
 
 
 def turn_messages(c: int, turn: int, at: float, rng: random.Random) -> list[pb.ChatMessage]:
@@ -198,7 +205,7 @@ async def load(port: int, args: argparse.Namespace) -> float:
         for _ in range(args.concurrency):
             await batches.put(None)
 
-    async def consume(stub: chatlog_service_pb2_grpc.ChatlogServiceStub) -> None:
+    async def consume(stub: ChatlogServiceAsyncStub) -> None:
         nonlocal done
         while (batch := await batches.get()) is not None:
             for attempt in range(5):
@@ -249,7 +256,7 @@ async def reads(port: int, args: argparse.Namespace) -> dict[str, list[float]]:
                 page_size=50,
             )
 
-        calls = {
+        calls: dict[str, tuple[Callable[..., Awaitable[Any]], Callable[[], Any]]] = {
             "ListMessages": (stub.ListMessages, transcript),
             "ListConversations": (
                 stub.ListConversations,

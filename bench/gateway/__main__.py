@@ -192,8 +192,8 @@ async def _drive(
             )
             run.seconds = time.perf_counter() - start
     finally:
-        for client in clients:
-            await client.aclose()
+        for each in clients:
+            await each.aclose()
     return runs
 
 

@@ -97,20 +97,21 @@ def test_a_success_clears_the_failures(make_client: ClientFactory) -> None:
 def test_an_older_cheaper_hash_is_upgraded_at_sign_in(
     stack: Stack, make_client: ClientFactory
 ) -> None:
-    password = "olga-password-1"
+    # A name of its own: the session's Redis is shared with the users CLI tests.
+    name, password = "hugo", "hugo-password-1"
     old = passwords.hash_password(password, log2_n=14)
 
     async def create(redis: RedisClient) -> Any:
         store = UserStore(redis, PREFIX)
-        await store.put("olga", role="viewer", tenants=["acme"], password_hash=old)
-        return await store.get("olga")
+        await store.put(name, role="viewer", tenants=["acme"], password_hash=old)
+        return await store.get(name)
 
     async def read(redis: RedisClient) -> Any:
-        return await UserStore(redis, PREFIX).get("olga")
+        return await UserStore(redis, PREFIX).get(name)
 
     before = run(create, stack.redis_url)
     first = make_client()
-    assert login(first, "olga", password).status_code == 303
+    assert login(first, name, password).status_code == 303
     after = run(read, stack.redis_url)
     assert after.password_hash.startswith(f"scrypt${passwords.LOG2_N}$8$1$")
     assert not passwords.needs_rehash(after.password_hash)
@@ -118,4 +119,4 @@ def test_an_older_cheaper_hash_is_upgraded_at_sign_in(
     # The same password at a new cost is no change: the session opened stays valid.
     assert after.generation == before.generation
     assert first.get("/api/admin/me").status_code == 200
-    assert login(make_client(), "olga", password).status_code == 303
+    assert login(make_client(), name, password).status_code == 303

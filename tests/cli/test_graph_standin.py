@@ -133,3 +133,26 @@ def test_each_stand_in_keeps_its_own_page(graph: GraphStandIn) -> None:
         assert gone.status_code == 404
     finally:
         other.stop()
+
+
+def test_the_stand_in_keeps_each_threads_owner_as_meta_does(graph: GraphStandIn) -> None:
+    def call(edge: str, **body: Any) -> httpx.Response:
+        return httpx.post(f"{_url(graph)}/me/{edge}", json=body, timeout=10)
+
+    def owner(psid: str) -> Any:
+        answer = httpx.get(f"{_url(graph)}/me/thread_owner", params={"recipient": psid}, timeout=10)
+        return answer.json()["data"]
+
+    inbox = "263902037430900"
+    stranger = call("pass_thread_control", recipient={"id": "u1"}, target_app_id="4444")
+    assert stranger.status_code == 400 and "not a secondary receiver" in stranger.text
+    assert owner("u1") == []
+    assert call("pass_thread_control", recipient={"id": "u1"}, target_app_id=inbox).is_success
+    assert owner("u1") == [{"thread_owner": {"app_id": inbox}}]
+    receivers = httpx.get(f"{_url(graph)}/me/secondary_receivers", timeout=10).json()["data"]
+    assert inbox in [r["id"] for r in receivers]
+    assert call("take_thread_control", recipient={"id": "u1"}).is_success
+    assert owner("u1") == [{"thread_owner": {"app_id": "1111"}}]
+    missing = call("take_thread_control")
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == 100
+    assert graph.thread_owners == {"u1": "1111"}

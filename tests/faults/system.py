@@ -13,16 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import httpx
 import redis
-from chatbot.nlu.v1 import nlu_service_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from harness.standins import GraphApi, KeywordNlu, RecordingChatlog, _KeywordNluServicer
+from harness.redis_servers import RedisServer
+from harness.standins import GraphApi, KeywordNlu, RecordingChatlog
 from harness.support import REPO, free_port
 
 PYTHONPATH = f"{REPO}:{REPO / 'build' / 'gen' / 'py'}"
@@ -30,67 +27,15 @@ TENANT = "default"
 APP_SECRET = "faults-app-secret-2c9d"
 
 
-class FaultRedis:
+class FaultRedis(RedisServer):
     """``redis-server`` append-only with ``appendfsync always``: whatever it
     acknowledged is on disk, so even SIGKILL may lose nothing."""
 
     def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self._start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _start(self) -> None:
-        argv = [
-            "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--logfile", str(self.dir / "redis.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on {self.port}")
-            time.sleep(0.05)
-
-    def answers(self) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def restart(self, sig: signal.Signals, down_s: float) -> float:
-        """Stops with ``sig``, stays down ``down_s``, starts on the same port;
-        returns how long nothing answered."""
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        self.proc.wait(15)
-        time.sleep(down_s)
-        self._start()
-        return time.monotonic() - started
+        super().__init__(workdir, args=["--appendfsync", "always"])
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class SwitchableNlu(KeywordNlu):
@@ -101,15 +46,7 @@ class SwitchableNlu(KeywordNlu):
         self._server.stop(0).wait()
 
     def serve_again(self) -> None:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-        servicer = _KeywordNluServicer(self)  # type: ignore[abstract]
-        nlu_service_pb2_grpc.add_NluServiceServicer_to_server(servicer, server)
-        health_servicer = health.HealthServicer()
-        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        server.add_insecure_port(self.address)
-        server.start()
-        self._server = server
+        self._server = self._serve()
 
 
 def dialogue_env(

@@ -35,7 +35,7 @@ def test_redis_restarts_under_load(
     for number, sig in enumerate(RESTARTS):
         load.sleep_until(3.0 + 5.0 * number)
         at_fault.append(load.snapshot(graph_api.replies_by_user()))
-        downtime.append(round(fault_redis.restart(sig, down_s=2.0), 1))
+        downtime.append(round(fault_redis.restart(down_s=2.0, sig=sig), 1))
     load.join(timeout=90)
     load.during(at_fault)
 
