@@ -11,6 +11,7 @@ test's directory and copied to build/screenshots/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -151,7 +152,10 @@ class Shots:
 
 
 def _post_webhook(gateway: GatewayProcess, user_id: str, messages: list[dict[str, Any]]) -> None:
-    body = webhook_body("9001", user_id, messages)
+    _deliver(gateway, webhook_body("9001", user_id, messages))
+
+
+def _deliver(gateway: GatewayProcess, body: bytes) -> None:
     answer = httpx.post(
         f"{gateway.url}/webhooks/messenger",
         content=body,
@@ -162,6 +166,18 @@ def _post_webhook(gateway: GatewayProcess, user_id: str, messages: list[dict[str
         timeout=10,
     )
     assert answer.status_code == 200, answer.text
+
+
+def _post_receipt(gateway: GatewayProcess, user_id: str, kind: str, watermark_ms: int) -> None:
+    now = int(time.time() * 1000)
+    item = {
+        "sender": {"id": user_id},
+        "recipient": {"id": "9001"},
+        "timestamp": now,
+        kind: {"watermark": watermark_ms},
+    }
+    raw = {"object": "page", "entry": [{"id": "9001", "time": now, "messaging": [item]}]}
+    _deliver(gateway, json.dumps(raw).encode())
 
 
 def _focused(page: Page) -> str:
@@ -247,6 +263,10 @@ def test_an_admin_reads_takes_over_and_answers(
         _post_webhook(gateway, user_id, [{"mid": f"m_{user_id}_3", "text": "thank you!"}])
         page.locator(".bubble.in", has_text="thank you!").wait_for(timeout=15_000)
         assert not any(m.in_reply_to == f"m_{user_id}_3" for m in stack.graph.sent)
+        # Messenger's read receipt: the open transcript redraws the replies as read.
+        _post_receipt(gateway, user_id, "read", int(time.time() * 1000) + 1000)
+        agent_badge = page.locator(".bubble.author-agent .badge.delivery")
+        agent_badge.filter(has_text="Read").wait_for(timeout=15_000)
         shots.take(page, "handed-off-with-agent-reply")
 
         page.get_by_role("button", name="Hand back to the bot").click()

@@ -419,6 +419,42 @@ def test_a_service_down_is_a_clear_503(make_client: object, stack: Stack) -> Non
         )
 
 
+def test_live_updates_redraw_a_reply_when_its_receipt_arrives(
+    client: TestClient, stack: Stack
+) -> None:
+    user_id = _user()
+    conversation = stack.talk("acme", user_id)
+    signed_in(client, "vic")
+    reply = stack.transcript("acme", conversation)[-1]
+    read = event_pb2.ChatEvent(
+        event_id=f"read:{user_id}",
+        user=event_pb2.UserRef(
+            tenant_id="acme", channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
+        ),
+        read=event_pb2.Read(),
+    )
+    read.read.watermark_time.FromMilliseconds(int(time.time() * 1000) + 1000)
+    updates: list[dict[str, str]] = []
+    with client.stream(
+        "GET",
+        "/api/admin/tenants/acme/live",
+        params={"conversation_id": conversation, "max_seconds": "30"},
+    ) as stream:
+        kind = ""
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "update":
+                updates.append(json.loads(line[6:]))
+                if len(updates) == 1:  # every recent reply is drawn once as the stream starts
+                    stack.submit(read)
+                elif ">Read</span>" in updates[-1]["html"]:
+                    break
+    assert [u["id"] for u in updates] == [reply.message_id, reply.message_id]
+    assert ">Sent</span>" in updates[0]["html"] and ">Read</span>" in updates[1]["html"]
+    assert updates[1]["html"].lstrip().startswith('<li class="bubble out')
+
+
 def test_transcript_shows_how_far_each_reply_got_and_who_owns_the_thread(
     client: TestClient, stack: Stack
 ) -> None:

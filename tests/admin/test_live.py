@@ -39,8 +39,8 @@ def _follow(client: TestClient, conversation_id: str, after_start: Callable[[], 
             if not line.startswith("event: "):
                 continue
             kinds.append(line[7:])
-            if kinds == ["state"]:  # the first poll went through: the stream is live
-                after_start()
+            if kinds[-1] == "state" and kinds.count("state") == 1:
+                after_start()  # the first poll went through: the stream is live
     return kinds
 
 

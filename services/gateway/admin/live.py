@@ -6,7 +6,10 @@ message seen; a non-empty answer gives the new messages and the next token. Each
 batch's last event carries that token as its SSE ``id``, so a browser that
 reconnects (``Last-Event-ID``) resumes exactly there, and a stream ends after a
 while on its own (the browser reconnects), so no request lives for ever. The
-hand-off state is polled alongside and sent when it changes.
+hand-off state is polled alongside and sent when it changes, and so are the
+latest replies' delivery statuses (receipts arrive after the reply is drawn):
+an ``update`` event carries a reply drawn again, first for every recent reply
+(what the page shows may be older than the stream), then for each that changes.
 
 The session is checked again before every poll (without counting as activity):
 after a logout, a password, role or grant change or the user's removal, the
@@ -30,6 +33,7 @@ from services.gateway.admin.service import ConsoleService
 
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 2000
+RECENT_REPLIES = 50  # how far back a reply's delivery status is followed
 _log = get_logger("gateway.admin")
 
 
@@ -79,6 +83,7 @@ class Follower:
         deadline = time.monotonic() + live.seconds
         quiet_since = time.monotonic()
         handed_off: bool | None = None
+        statuses: dict[str, int] = {}  # reply id -> the delivery status the browser was sent
         yield f"retry: {RETRY_MS}\n\n"
         while True:
             try:
@@ -105,7 +110,20 @@ class Follower:
                             {"id": message.message_id, "html": self._render(message)},
                             token if last else None,
                         )
+                        statuses[message.message_id] = message.delivery_status
                     quiet_since = time.monotonic()
+                recent = await self._service.messages(
+                    live.who, live.tenant, live.conversation_id, "", RECENT_REPLIES
+                )
+                for message in reversed(recent.messages):
+                    if message.direction != chatlog_pb.DIRECTION_OUTBOUND:
+                        continue
+                    if statuses.get(message.message_id) != message.delivery_status:
+                        statuses[message.message_id] = message.delivery_status
+                        yield sse(
+                            "update", {"id": message.message_id, "html": self._render(message)}
+                        )
+                        quiet_since = time.monotonic()
                 state = await self._service.state(
                     live.who, live.tenant, sample.user.channel, sample.user.user_id
                 )

@@ -182,8 +182,10 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Server-sent events as a conversation's new messages arrive.",
                     "description": "Events: `message` (`{id, html}`: the transcript bubble; the "
-                    "last of a batch carries the resume token as its SSE id), `state` "
-                    "(`{handed_off, agent_id}` when it changes) and `problem` (`{message}`). "
+                    "last of a batch carries the resume token as its SSE id), `update` "
+                    "(`{id, html}`: a recent reply drawn again, first for each, then when its "
+                    "delivery status changes), `state` (`{handed_off, agent_id}` when it "
+                    "changes), `problem` (`{message}`) and `signed-out` (`{message}`). "
                     "The stream ends after `max_seconds` (the server's limit by default); "
                     "reconnect with `Last-Event-ID` to resume.",
                     "parameters": [

@@ -33,6 +33,15 @@
       list.appendChild(template.content);
       if (nearBottom) { window.scrollTo(0, document.body.scrollHeight); }
     });
+    source.addEventListener("update", function (event) {
+      // A reply drawn again: its delivered/read badge changed.
+      var data = JSON.parse(event.data);
+      var shown = document.getElementById("msg-" + data.id);
+      if (!shown) { return; }
+      var template = document.createElement("template");
+      template.innerHTML = data.html.trim();
+      shown.replaceWith(template.content);
+    });
     source.addEventListener("state", function (event) {
       var data = JSON.parse(event.data);
       setHandedOff(Boolean(data.handed_off), data.agent_id || "");
