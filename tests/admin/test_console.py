@@ -38,6 +38,19 @@ def _played(stack: Stack, user_id: str, count: int) -> None:
     )
 
 
+def _read_receipt(user_id: str) -> event_pb2.ChatEvent:
+    """Messenger's read receipt: everything sent until a second from now was read."""
+    read = event_pb2.ChatEvent(
+        event_id=f"read:{user_id}",
+        user=event_pb2.UserRef(
+            tenant_id="acme", channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
+        ),
+        read=event_pb2.Read(),
+    )
+    read.read.watermark_time.FromMilliseconds(int(time.time() * 1000) + 1000)
+    return read
+
+
 @pytest.fixture
 def talk(stack: Stack) -> Iterator[str]:
     """A user who said hello, sent a picture and asked something the bot does not know."""
@@ -426,14 +439,6 @@ def test_live_updates_redraw_a_reply_when_its_receipt_arrives(
     conversation = stack.talk("acme", user_id)
     signed_in(client, "vic")
     reply = stack.transcript("acme", conversation)[-1]
-    read = event_pb2.ChatEvent(
-        event_id=f"read:{user_id}",
-        user=event_pb2.UserRef(
-            tenant_id="acme", channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
-        ),
-        read=event_pb2.Read(),
-    )
-    read.read.watermark_time.FromMilliseconds(int(time.time() * 1000) + 1000)
     updates: list[dict[str, str]] = []
     with client.stream(
         "GET",
@@ -447,7 +452,7 @@ def test_live_updates_redraw_a_reply_when_its_receipt_arrives(
             elif line.startswith("data: ") and kind == "update":
                 updates.append(json.loads(line[6:]))
                 if len(updates) == 1:  # every recent reply is drawn once as the stream starts
-                    stack.submit(read)
+                    stack.submit(_read_receipt(user_id))
                 elif ">Read</span>" in updates[-1]["html"]:
                     break
     assert [u["id"] for u in updates] == [reply.message_id, reply.message_id]
@@ -467,15 +472,7 @@ def test_transcript_shows_how_far_each_reply_got_and_who_owns_the_thread(
         return re.findall(r'<span class="badge delivery delivery-\d"[^>]*>(\w+)</span>', html)
 
     assert replies() == ["Sent"]
-    read = event_pb2.ChatEvent(
-        event_id=f"read:{user_id}",
-        user=event_pb2.UserRef(
-            tenant_id="acme", channel=event_pb2.CHANNEL_MESSENGER, user_id=user_id
-        ),
-        read=event_pb2.Read(),
-    )
-    read.read.watermark_time.FromMilliseconds(int(time.time() * 1000) + 1000)
-    stack.submit(read)
+    stack.submit(_read_receipt(user_id))
     wait_for(lambda: replies() == ["Read"], what="the read receipt on the reply")
 
     # Messenger refuses to pass the thread: the bot is silent all the same, and
